@@ -53,7 +53,9 @@ def why_not(backend: str, op: str, device: torch.device) -> str | None:
             return None
         if device.type == "cpu" and triton_interpret():
             return None
-        return f"Triton needs cuda tensors, or TRITON_INTERPRET=1 for cpu tensors; got {device.type}"
+        return (
+            f"Triton needs cuda tensors, or TRITON_INTERPRET=1 for cpu tensors; got {device.type}"
+        )
     return f"unknown backend {backend!r}; expected one of {BACKENDS} or 'auto'"
 
 

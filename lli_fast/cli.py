@@ -1,0 +1,175 @@
+"""The `lli` command: demo, train, invert, defend-demo, bench."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def load_images(paths: list[str], size: int = 64):
+    """PNG/JPEG files -> (N, 3, size, size) tensor in [-1, 1], the face DCGAN's range."""
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    from lli_fast.data import to_model_range
+
+    batch = []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image not found: {path}")
+        try:
+            with Image.open(path) as img:
+                rgb = img.convert("RGB").resize((size, size), Image.BILINEAR)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ValueError(f"{path} is not a readable image: {exc}") from exc
+        batch.append(torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1))
+    return to_model_range(torch.stack(batch), size)
+
+
+def cmd_demo(args) -> int:
+    from lli_fast.demo import run
+
+    run(args.out, quick=args.quick, seconds=args.seconds)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from lli_fast.checkpoint import save_mapping
+    from lli_fast.data import lfw_faces
+    from lli_fast.demo import MAPPING, TRAIN, random_flip
+    from lli_fast.mapping import MappingNetwork
+    from lli_fast.models import face_dcgan
+    from lli_fast.trainer import LandscapeTrainer
+
+    generator = face_dcgan()
+    targets = load_images(args.images) if args.images else lfw_faces().train
+    mapping = MappingNetwork(100, **MAPPING)
+    train = dict(TRAIN, steps=args.steps, lr=args.lr)
+    trainer = LandscapeTrainer(
+        generator, mapping, targets, target_transform=random_flip, seed=args.seed, **train
+    )
+    trainer.train(time_budget_s=args.seconds)
+    save_mapping(args.out, mapping, {"forward_model": "face_dcgan", **train})
+    print(f"trained {trainer.rounds_done} rounds on {len(targets)} images; wrote {args.out}")
+    return 0
+
+
+def cmd_invert(args) -> int:
+    import json
+
+    from lli_fast.checkpoint import load_mapping
+    from lli_fast.demo import write_json
+    from lli_fast.invert import invert
+    from lli_fast.models import face_dcgan
+    from lli_fast.report import image_grid
+
+    generator = face_dcgan()
+    mapping, config = load_mapping(args.checkpoint, expected_dim=100)
+    targets = load_images(args.images)
+    lr = args.lr if args.lr is not None else float(config.get("lr", 0.2))
+    result = invert(generator, targets, mapping, steps=args.steps, lr=lr, seed=args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    rows = []
+    for i, path in enumerate(args.images):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        out_png = os.path.join(args.out, f"{i:03d}_{stem}_recon.png")
+        image_grid(out_png, {"recon": result.output[i : i + 1]})
+        rows.append({"image": path, "reconstruction": out_png, "mse": float(result.loss[i])})
+        print(f"{path}: mse {float(result.loss[i]):.5f} -> {out_png}")
+    image_grid(os.path.join(args.out, "grid.png"), {"target": targets, "recon": result.output}, 64)
+    write_json(
+        os.path.join(args.out, "losses.json"), {"steps": args.steps, "lr": lr, "images": rows}
+    )
+    print(json.dumps({"mean_mse": float(result.loss.mean())}))
+    return 0
+
+
+def cmd_defend_demo(args) -> int:
+    from lli_fast.defense.demo import run
+
+    run(args.out, quick=args.quick)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import pytest
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    bench_dir = os.path.join(here, "bench")
+    if not os.path.isdir(bench_dir):
+        print(
+            "bench/ is not part of an installed package: run from a source checkout",
+            file=sys.stderr,
+        )
+        return 2
+    return pytest.main([bench_dir, "--benchmark-only", *args.pytest_args])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lli", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="train theta for the face DCGAN and compare with plain OBI")
+    p.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
+    p.add_argument("--quick", action="store_true", help="short run (about 2 minutes)")
+    p.add_argument("--seconds", type=_positive_float, help="training time budget in seconds")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train theta for the face DCGAN on LFW or your images")
+    p.add_argument("--out", default="out/mapping.safetensors", help="checkpoint path")
+    p.add_argument("--images", nargs="*", help="PNG/JPEG target images (default: LFW train faces)")
+    p.add_argument("--seconds", type=_positive_float, default=420.0, help="time budget")
+    p.add_argument("--steps", type=int, default=10, help="inner steps K")
+    p.add_argument("--lr", type=_positive_float, default=0.2, help="inner Adam learning rate")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("invert", help="invert your images with a trained checkpoint")
+    p.add_argument("images", nargs="+", help="PNG/JPEG images (resized to 64x64)")
+    p.add_argument("--checkpoint", required=True, help="mapping checkpoint (.safetensors)")
+    p.add_argument("--out", default="out/invert", help="output folder")
+    p.add_argument("--steps", type=_nonneg_int, default=10, help="gradient steps on z")
+    p.add_argument("--lr", type=_positive_float, help="default: the checkpoint's training lr")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_invert)
+
+    p = sub.add_parser("defend-demo", help="MNIST purification: reverse attack vs learned")
+    p.add_argument("--out", default="out/defense", help="output folder")
+    p.add_argument("--quick", action="store_true", help="short run (about 2 minutes)")
+    p.set_defaults(func=cmd_defend_demo)
+
+    p = sub.add_parser("bench", help="run the CPU benchmarks (source checkout only)")
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra pytest arguments")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as exc:
+        print(f"lli {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

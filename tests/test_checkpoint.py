@@ -1,0 +1,81 @@
+"""Checkpoints: safetensors + JSON config, atomic, no code execution, clear errors."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from lli_fast.checkpoint import atomic_write, load_mapping, save_mapping
+from lli_fast.mapping import MappingNetwork
+
+
+def trained_mapping(dim=12):
+    theta = MappingNetwork(dim, hidden=20, depth=2)
+    with torch.no_grad():
+        for p in theta.parameters():
+            p.normal_()
+    return theta
+
+
+def test_round_trip(tmp_path):
+    theta = trained_mapping()
+    path = tmp_path / "m.safetensors"
+    save_mapping(path, theta, {"lr": 0.2, "steps": 10})
+    loaded, config = load_mapping(path, expected_dim=12)
+    assert config == {"lr": 0.2, "steps": 10}
+    assert loaded.config() == {"dim": 12, "hidden": 20, "depth": 2}
+    assert not loaded.training
+    z = torch.randn(4, 12)
+    torch.testing.assert_close(loaded(z), theta(z), rtol=0, atol=0)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temp files left
+
+
+def test_wrong_latent_size(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_mapping(path, trained_mapping(12))
+    with pytest.raises(ValueError, match="latent size 12.*takes 100"):
+        load_mapping(path, expected_dim=100)
+
+
+def test_damaged_and_foreign_files(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_mapping(path, trained_mapping())
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="damaged"):
+        load_mapping(path)
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="damaged"):
+        load_mapping(path)
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(path))
+    with pytest.raises(ValueError, match="not an lli_fast mapping"):
+        load_mapping(path)
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_mapping(tmp_path / "missing.safetensors")
+
+
+def test_failed_write_keeps_old_file(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_mapping(path, trained_mapping())
+    before = path.read_bytes()
+
+    def broken(tmp):
+        with open(tmp, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, broken)
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["m.safetensors"]
+
+
+def test_bad_save_arguments(tmp_path):
+    with pytest.raises(TypeError, match="mapping must be a MappingNetwork"):
+        save_mapping(tmp_path / "x", torch.nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="config must be JSON-serialisable"):
+        save_mapping(tmp_path / "x", trained_mapping(), {"f": object()})

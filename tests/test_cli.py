@@ -1,0 +1,85 @@
+"""The `lli` command end to end on the real face DCGAN and LFW faces (short budgets)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lli_fast.cli import main
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--quick", "--seconds", "4", "--out", str(out)]) == 0
+    return out
+
+
+def test_demo_writes_results_plots_and_checkpoint(demo_run):
+    results = json.loads((demo_run / "results.json").read_text())
+    base = torch.tensor(results["curves"]["baseline"])
+    learned = torch.tensor(results["curves"]["learned"])
+    assert base.shape == learned.shape == (101,)
+    # same starts: at step 0 theta is barely trained, and both curves go down
+    assert base[100] < 0.5 * base[0] and learned[100] < learned[0]
+    assert results["baseline_lr"] in (0.1, 0.3, 1.0)
+    assert set(results["lr_sweep"]) == {"0.1", "0.3", "1.0"}
+    assert results["baseline_lr"] == float(min(results["lr_sweep"], key=results["lr_sweep"].get))
+    reach = results["steps_to_reach_baseline"]["50"]
+    assert reach["baseline_loss"] == pytest.approx(float(base[50]))
+    if reach["learned_steps"] is not None:
+        t = reach["learned_steps"]
+        assert learned[t] <= base[50] and (t == 0 or learned[t - 1] > base[50])
+    assert len(results["train_history"]["round"]) >= 1
+    for name in ("loss_vs_step.png", "faces_grid.png"):
+        with Image.open(demo_run / name) as img:
+            assert img.size[0] > 100 and img.size[1] > 100
+    assert (demo_run / "mapping.safetensors").stat().st_size > 10_000
+
+
+def test_invert_user_images(demo_run, tmp_path):
+    from lli_fast.data import lfw_faces
+
+    faces = lfw_faces().heldout[:2]
+    paths = []
+    for i, face in enumerate(faces):
+        arr = ((face.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+        path = tmp_path / f"face{i}.png"
+        Image.fromarray(arr).save(path)
+        paths.append(str(path))
+    out = tmp_path / "inv"
+    code = main(
+        [
+            "invert",
+            *paths,
+            "--checkpoint",
+            str(demo_run / "mapping.safetensors"),
+            "--out",
+            str(out),
+            "--steps",
+            "5",
+        ]
+    )
+    assert code == 0
+    losses = json.loads((out / "losses.json").read_text())
+    assert [r["image"] for r in losses["images"]] == paths
+    assert all(0 < r["mse"] < 1.0 for r in losses["images"])
+    assert (out / "grid.png").exists()
+
+
+def test_cli_errors_are_clear(demo_run, tmp_path, capsys):
+    ckpt = str(demo_run / "mapping.safetensors")
+    assert main(["invert", str(tmp_path / "missing.png"), "--checkpoint", ckpt]) == 2
+    assert "image not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    assert main(["invert", str(bad), "--checkpoint", ckpt, "--out", str(tmp_path / "o")]) == 2
+    assert "not a readable image" in capsys.readouterr().err
+    assert main(["invert", str(bad), "--checkpoint", str(tmp_path / "none.safetensors")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["demo", "--seconds", "-3"])
