@@ -26,7 +26,7 @@ def _want_cuda() -> bool:
 def _extension():
     cpu_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     include_dirs = [os.path.join(HERE, "csrc")]
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]
     if _want_cuda():
         cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
         return cpp_extension.CUDAExtension(
@@ -34,7 +34,7 @@ def _extension():
             cpu_sources + cuda_sources,
             include_dirs=include_dirs,
             define_macros=[("LLI_FAST_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17"]},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++20"]},
             extra_link_args=["-fopenmp"],
         )
     return cpp_extension.CppExtension(

@@ -1,6 +1,6 @@
 // Argument checks whose messages name the argument, what was expected and what was given.
 #pragma once
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 #include <sstream>
 #include <string>
@@ -45,6 +45,12 @@ inline void check_same_device(const at::Tensor& t, const char* name, const at::T
 inline void check_dim(const at::Tensor& t, const char* name, int64_t dim) {
   TORCH_CHECK_VALUE(t.dim() == dim, "lli_fast: ", name, " must be ", dim, "-D, got ", t.dim(),
                     "-D with shape ", t.sizes());
+}
+
+// Kernels that write through raw pointers need the dense layout; name the tensor and its strides.
+inline void check_contiguous(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.is_contiguous(), "lli_fast: ", name, " must be contiguous, got strides ",
+                    t.strides(), " for shape ", t.sizes());
 }
 
 }  // namespace lli_fast

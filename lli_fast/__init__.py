@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import importlib
 
-from lli_fast import (
-    _ext,  # noqa: F401  (loads lli_fast._C and registers the ops, or warns once)
-    backends,  # noqa: F401
-)
+# _ext loads lli_fast._C (registering the C++ ops) or warns once; ops registers the Triton ops
+# and the fake (meta) kernels of the C++ ops, which torch.compile and opcheck need.
+from lli_fast import _ext, backends, ops  # noqa: F401
 
 __version__ = "0.1.0"
 

@@ -13,16 +13,12 @@ PY_INC=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 ABI=$(python3 -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))')
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-# The CPU wheel ships the c10/cuda headers but not the header CMake generates for CUDA builds.
-mkdir -p "$out/gen/c10/cuda/impl"
-if [ ! -f "$TORCH_DIR/include/c10/cuda/impl/cuda_cmake_macros.h" ]; then
-  printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' >"$out/gen/c10/cuda/impl/cuda_cmake_macros.h"
-fi
 status=0
 for cu in csrc/cuda/*.cu; do
   if "$NVCC" -std=c++20 -O2 -c "$cu" -o "$out/$(basename "$cu").o" \
-      -I csrc -I "$out/gen" -I "$TORCH_DIR/include" -I "$TORCH_DIR/include/torch/csrc/api/include" \
+      -I csrc -I "$TORCH_DIR/include" -I "$TORCH_DIR/include/torch/csrc/api/include" \
       -I "$PY_INC" -DLLI_FAST_WITH_CUDA -DTORCH_EXTENSION_NAME=_C \
+      -DC10_CUDA_NO_CMAKE_CONFIGURE_FILE \
       -D_GLIBCXX_USE_CXX11_ABI="$ABI" --expt-relaxed-constexpr \
       -gencode arch=compute_90,code=sm_90; then
     echo "check_cuda: ok   $cu"

@@ -16,9 +16,11 @@ def setup():
     torch.manual_seed(0)
     gen = TinyGenerator(dim=8)
     g = torch.Generator().manual_seed(1)
+    # targets come from a shifted prior: plain OBI from N(0, I) starts far from them, and a
+    # learned landscape can (and must) learn where they live and how to get there in K steps.
     with torch.no_grad():
-        train_y = gen(torch.randn(64, 8, generator=g) * 1.5 + 0.5)
-        test_y = gen(torch.randn(32, 8, generator=g) * 1.5 + 0.5)
+        train_y = gen(torch.randn(64, 8, generator=g) * 0.5 + 1.5)
+        test_y = gen(torch.randn(32, 8, generator=g) * 0.5 + 1.5)
     return gen, train_y, test_y
 
 
@@ -42,12 +44,12 @@ def test_training_lowers_held_out_k_step_loss(setup):
         theta_lr=3e-3,
         seed=0,
     )
-    history = trainer.train(rounds=40, progress=False)
+    history = trainer.train(rounds=25, progress=False)
     after = k_step_loss(gen, test_y, theta.eval())
-    assert len(history.round) == 40 and trainer.rounds_done == 40
-    assert after < 0.7 * before, (before, after)
+    assert len(history.round) == 25 and trainer.rounds_done == 25
+    assert after < 0.3 * before, (before, after)  # measured about 0.08-0.09 over seeds
     # every collect phase pushed K rows per trajectory into the ring (capacity not yet reached)
-    assert len(trainer.buffer) == min(40 * 16 * 5, trainer.buffer.capacity)
+    assert len(trainer.buffer) == min(25 * 16 * 5, trainer.buffer.capacity)
     first, last = history.fit_loss[:5], history.fit_loss[-5:]
     assert sum(last) < sum(first)
 

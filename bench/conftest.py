@@ -1,0 +1,58 @@
+"""Shared benchmark configuration: `--gpu` runs the GPU cases; ratios printed side by side.
+
+Every group compares providers of the same work in one run. At the end of the session this prints,
+per group, each provider's mean time and its ratio to the group's first provider (each bench file
+lists its baseline first), so the figures that matter (ratios) are read off one table.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+if "TRITON_INTERPRET" not in os.environ:
+    import shutil
+
+    if shutil.which("nvidia-smi") is None:
+        os.environ["TRITON_INTERPRET"] = "1"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--gpu", action="store_true", default=False, help="run the GPU benchmarks")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: GPU benchmark, runs only with --gpu")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--gpu"):
+        return
+    skip = pytest.mark.skip(reason="GPU benchmark: pass --gpu on a machine with a GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    session = getattr(config, "_benchmarksession", None)
+    if session is None or not session.benchmarks:
+        return
+    groups: dict[str, list] = {}
+    for bench in session.benchmarks:
+        if bench.stats is None or not getattr(bench.stats, "rounds", 0):
+            continue
+        groups.setdefault(bench.group or "(no group)", []).append(bench)
+    tr = terminalreporter
+    tr.section("ratios (mean time / first provider's mean time; < 1 is faster)")
+    for group, benches in groups.items():
+        base = benches[0].stats.mean
+        tr.write_line(f"{group}")
+        for bench in benches:
+            mean = bench.stats.mean
+            name = bench.name.split("[", 1)[-1].rstrip("]") if "[" in bench.name else bench.name
+            tr.write_line(
+                f"    {name:<44s} {mean * 1e3:12.4f} ms   x{mean / base:7.3f}"
+                f"   ({base / mean:6.2f}x faster than {benches[0].name.split('[')[-1].rstrip(']')})"
+            )
