@@ -14,7 +14,7 @@ set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$(mkdir -p "${OUT:-./gpu_out}" && cd "${OUT:-./gpu_out}" && pwd)"
-BENCHES="${BENCHES:-bench/bench_latent_step.py}"
+BENCHES="${BENCHES:-bench/bench_latent_step.py bench/bench_replay.py}"
 BUILD_TIMEOUT="${BUILD_TIMEOUT:-240}"
 TEST_TIMEOUT="${TEST_TIMEOUT:-150}"
 BENCH_TIMEOUT="${BENCH_TIMEOUT:-150}"

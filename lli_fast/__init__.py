@@ -7,46 +7,35 @@ a device-resident ring replay buffer.
 
     import lli_fast
     result = lli_fast.invert(F, y, mapping=theta, steps=10)   # result.x, .loss, .loss_curve
-
-Public names are imported on first use, so `import lli_fast` stays light.
 """
 
 from __future__ import annotations
 
-import importlib
-
 # _ext loads lli_fast._C (registering the C++ ops) or warns once; ops registers the Triton ops
 # and the fake (meta) kernels of the C++ ops, which torch.compile and opcheck need.
 from lli_fast import _ext, backends, ops  # noqa: F401
+from lli_fast.checkpoint import load_mapping, save_mapping
+from lli_fast.invert import InversionResult, invert
+from lli_fast.latent_opt import LatentOptimizer
+from lli_fast.mapping import MappingNetwork
+from lli_fast.ops import latent_step, ring_push, ring_sample
+from lli_fast.replay import RingReplayBuffer
+from lli_fast.trainer import LandscapeTrainer, TrainHistory
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "invert": "lli_fast.invert",
-    "InversionResult": "lli_fast.invert",
-    "MappingNetwork": "lli_fast.mapping",
-    "LandscapeTrainer": "lli_fast.trainer",
-    "TrainHistory": "lli_fast.trainer",
-    "RingReplayBuffer": "lli_fast.replay",
-    "LatentOptimizer": "lli_fast.latent_opt",
-    "save_mapping": "lli_fast.checkpoint",
-    "load_mapping": "lli_fast.checkpoint",
-    "latent_step": "lli_fast.ops.latent_step",
-    "ring_push": "lli_fast.ops.ring",
-    "ring_sample": "lli_fast.ops.ring",
-}
-
-__all__ = sorted(_EXPORTS) + ["backends", "__version__"]
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'lli_fast' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__all__ = [
+    "InversionResult",
+    "LandscapeTrainer",
+    "LatentOptimizer",
+    "MappingNetwork",
+    "RingReplayBuffer",
+    "TrainHistory",
+    "backends",
+    "invert",
+    "latent_step",
+    "load_mapping",
+    "ring_push",
+    "ring_sample",
+    "save_mapping",
+]

@@ -7,38 +7,46 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from lli_fast._io import atomic_write
 from lli_fast.mapping import MappingNetwork
+
+__all__ = ["atomic_write", "load_mapping", "save_mapping"]
 
 FORMAT = "lli_fast.mapping/1"
 CONFIG_KEY = "lli_fast_config"
 
 
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call write(tmp_path) on a temporary file beside `path`, then rename it over `path`.
-
-    A crash mid-write leaves the old file (or nothing), never a truncated checkpoint.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _check_arch(path: str, arch, tensors: dict[str, torch.Tensor]) -> dict[str, int]:
+    """The config's architecture must be three positive ints that agree with the stored tensors,
+    checked before anything is allocated from them."""
+    if not isinstance(arch, dict) or set(arch) != {"dim", "hidden", "depth"}:
+        raise ValueError(
+            f"checkpoint {path} has a damaged config: mapping must be {{dim, hidden, depth}}, "
+            f"got {arch!r}"
+        )
+    for key, value in arch.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"checkpoint {path} has a damaged config: {key}={value!r}")
+    inp, out = tensors.get("inp.weight"), tensors.get("out.weight")
+    blocks = {k.split(".")[1] for k in tensors if k.startswith("blocks.")}
+    if (
+        inp is None
+        or out is None
+        or tuple(inp.shape) != (arch["hidden"], arch["dim"])
+        or tuple(out.shape) != (arch["dim"], arch["hidden"])
+        or len(blocks) != arch["depth"]
+    ):
+        raise ValueError(
+            f"checkpoint {path}: its tensors do not fit MappingNetwork({arch}); the file is "
+            "damaged or was not written by save_mapping"
+        )
+    return arch
 
 
 def save_mapping(
@@ -47,11 +55,13 @@ def save_mapping(
     """Write theta's weights and `config` (JSON-serialisable: inner lr, steps, ...) to `path`."""
     if not isinstance(mapping, MappingNetwork):
         raise TypeError(f"mapping must be a MappingNetwork, got {type(mapping).__name__}")
+    if config is not None and not isinstance(config, dict):
+        raise TypeError(f"config must be a dict or None, got {type(config).__name__}")
     meta = {"format": FORMAT, "mapping": mapping.config(), "config": config or {}}
     try:
-        meta_json = json.dumps(meta)
-    except TypeError as exc:
-        raise TypeError(f"config must be JSON-serialisable: {exc}") from exc
+        meta_json = json.dumps(meta, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"config must be JSON-serialisable (finite numbers): {exc}") from exc
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in mapping.state_dict().items()}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={CONFIG_KEY: meta_json}))
 
@@ -67,6 +77,8 @@ def load_mapping(
     ValueError when `expected_dim` (the forward model's input size) differs from the checkpoint's.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"checkpoint {path} is a directory, expected a .safetensors file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
@@ -87,6 +99,7 @@ def load_mapping(
         raise ValueError(f"checkpoint {path} has a damaged config: {exc}") from exc
     if fmt != FORMAT:
         raise ValueError(f"checkpoint {path} has format {fmt!r}, expected {FORMAT!r}")
+    arch = _check_arch(path, arch, tensors)
     if expected_dim is not None and arch.get("dim") != expected_dim:
         raise ValueError(
             f"checkpoint {path} is for latent size {arch.get('dim')}, but the forward model "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -11,8 +12,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 def _positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 
@@ -25,23 +26,54 @@ def _nonneg_int(text: str) -> int:
 
 def load_images(paths: list[str], size: int = 64):
     """PNG/JPEG files -> (N, 3, size, size) tensor in [-1, 1], the face DCGAN's range."""
-    import numpy as np
     import torch
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     from lli_fast.data import to_model_range
 
     batch = []
     for path in paths:
+        if os.path.isdir(path):
+            raise ValueError(f"{path} is a directory; pass image files")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"image not found: {path}")
         try:
             with Image.open(path) as img:
-                rgb = img.convert("RGB").resize((size, size), Image.BILINEAR)
+                batch.append(_image_to_unit_rgb(ImageOps.exif_transpose(img), size, path))
         except (UnidentifiedImageError, OSError) as exc:
             raise ValueError(f"{path} is not a readable image: {exc}") from exc
-        batch.append(torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1))
     return to_model_range(torch.stack(batch), size)
+
+
+def _image_to_unit_rgb(img, size: int, path: str):
+    """A PIL image -> (3, size, size) float tensor in [0, 1], respecting its bit depth."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        gray = np.asarray(img, dtype=np.float32) / 65535.0  # 16-bit: PIL's convert would clip
+    elif img.mode in ("I", "F"):
+        raise ValueError(
+            f"{path} has {img.mode!r} pixels (32-bit int/float) whose range is unknown; save it "
+            "as an 8- or 16-bit image"
+        )
+    else:
+        rgb = img.convert("RGB").resize((size, size), Image.BILINEAR)
+        return torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    gray_t = torch.from_numpy(np.ascontiguousarray(gray))[None, None]
+    gray_t = torch.nn.functional.interpolate(gray_t, size=(size, size), mode="bilinear")
+    return gray_t[0].expand(3, -1, -1)
+
+
+def _check_out_file(path: str) -> None:
+    """Fail before long work if the output file cannot be written."""
+    if os.path.isdir(path):
+        raise ValueError(f"--out {path} is a directory; give a file path such as theta.safetensors")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"--out {path}: folder {folder} is not writable")
 
 
 def cmd_demo(args) -> int:
@@ -59,6 +91,7 @@ def cmd_train(args) -> int:
     from lli_fast.models import face_dcgan
     from lli_fast.trainer import LandscapeTrainer
 
+    _check_out_file(args.out)
     generator = face_dcgan()
     targets = load_images(args.images) if args.images else lfw_faces().train
     mapping = MappingNetwork(100, **MAPPING)
@@ -81,12 +114,12 @@ def cmd_invert(args) -> int:
     from lli_fast.models import face_dcgan
     from lli_fast.report import image_grid
 
+    os.makedirs(args.out, exist_ok=True)  # fail before the work, not after it
     generator = face_dcgan()
     mapping, config = load_mapping(args.checkpoint, expected_dim=100)
     targets = load_images(args.images)
     lr = args.lr if args.lr is not None else float(config.get("lr", 0.5))
     result = invert(generator, targets, mapping, steps=args.steps, lr=lr, seed=args.seed)
-    os.makedirs(args.out, exist_ok=True)
     rows = []
     for i, path in enumerate(args.images):
         stem = os.path.splitext(os.path.basename(path))[0]
@@ -135,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train theta for the face DCGAN on LFW or your images")
     p.add_argument("--out", default="out/mapping.safetensors", help="checkpoint path")
-    p.add_argument("--images", nargs="*", help="PNG/JPEG target images (default: LFW train faces)")
+    p.add_argument("--images", nargs="+", help="PNG/JPEG target images (default: LFW train faces)")
     p.add_argument("--seconds", type=_positive_float, default=420.0, help="time budget")
     p.add_argument("--steps", type=int, default=10, help="inner steps K")
     p.add_argument("--lr", type=_positive_float, default=0.5, help="inner Adam learning rate")
@@ -166,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as exc:
+    except (ValueError, TypeError, OSError, ModuleNotFoundError) as exc:
         print(f"lli {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

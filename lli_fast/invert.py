@@ -48,9 +48,15 @@ def _model_tensor(module: nn.Module) -> torch.Tensor | None:
 
 def latent_size(forward_model: nn.Module, mapping: nn.Module | None, init) -> int:
     """D: from the mapping, forward_model.input_dim, or the init tensor, in that order."""
-    if mapping is not None:
-        return int(mapping.dim)
     dim = getattr(forward_model, "input_dim", None)
+    if mapping is not None:
+        if not isinstance(getattr(mapping, "dim", None), int):
+            raise TypeError("mapping must have an integer attribute `dim` (use MappingNetwork)")
+        if isinstance(dim, int) and mapping.dim != dim:
+            raise ValueError(
+                f"mapping.dim ({mapping.dim}) must equal the forward model's input_dim ({dim})"
+            )
+        return int(mapping.dim)
     if isinstance(dim, int) and dim > 0:
         return dim
     if isinstance(init, torch.Tensor) and init.dim() == 2:
@@ -112,9 +118,29 @@ def check_target(target: torch.Tensor, forward_model: nn.Module, validate: bool 
         raise ValueError("target contains NaN or Inf values")
 
 
+MAX_STEPS = 1_000_000
+# invert() checks every this many steps (only when validate=True, since it syncs with the
+# device) whether any row is still active, and stops early once none is.
+ACTIVE_CHECK_EVERY = 8
+
+
 def check_steps(steps: int) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps <= MAX_STEPS:
+        raise ValueError(f"steps must be an int in [0, {MAX_STEPS}], got {steps!r}")
+
+
+def check_forward_model_mode(forward_model) -> None:
+    """Reject batch-norm layers in training mode: every forward pass would update their running
+    statistics (changing the model) and couple the rows of the batch through batch statistics."""
+    if not isinstance(forward_model, nn.Module):
+        return
+    for name, sub in forward_model.named_modules():
+        if isinstance(sub, nn.modules.batchnorm._BatchNorm) and sub.training:
+            raise ValueError(
+                f"forward_model has a batch-norm layer in training mode ({name or 'the model'}): "
+                "inversion would update its running statistics and couple the rows; call "
+                "forward_model.eval() first"
+            )
 
 
 # Works for torch.no_grad() and torch.inference_mode() callers: z_0, the optimizer state and the
@@ -164,6 +190,7 @@ def invert(
     if not isinstance(forward_model, nn.Module) and not callable(forward_model):
         raise TypeError(f"forward_model must be an nn.Module or callable, got {forward_model!r}")
     module = forward_model if isinstance(forward_model, nn.Module) else nn.Module()
+    check_forward_model_mode(forward_model)
     check_target(target, module, validate)
     check_steps(steps)
     loss_fn = resolve_loss(loss)
@@ -205,6 +232,12 @@ def invert(
         rows = rows.detach()
         curve[t].copy_(rows)
         opt.step(z, grad, rows)
+        if validate and (t + 1) % ACTIVE_CHECK_EVERY == 0 and not bool(opt.active.any()):
+            # every row stopped or froze: the rest of the trajectory would repeat this point
+            if traj is not None:
+                traj[t + 1 :].copy_(z.expand(steps - t, -1, -1))
+            curve[t + 1 : steps].copy_(rows.expand(steps - t - 1, -1))
+            break
     with torch.no_grad():
         if traj is not None:
             traj[steps].copy_(z)

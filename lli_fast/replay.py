@@ -16,13 +16,13 @@ import contextlib
 import ctypes
 import os
 import sys
-import tempfile
 import warnings
 from typing import NamedTuple
 
 import torch
 
 from lli_fast import backends
+from lli_fast._io import atomic_write
 from lli_fast.ops.ring import push_kernel, sample_kernel
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -65,16 +65,6 @@ def _advise_huge_pages(t: torch.Tensor) -> None:
         ctypes.CDLL(None).madvise(
             ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_HUGEPAGE
         )
-
-
-def _fsync_directory(directory: str) -> None:
-    # Makes the rename itself durable; POSIX only (directories cannot be opened on Windows).
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _resolve_device(device: torch.device | str) -> torch.device:
@@ -381,21 +371,7 @@ class RingReplayBuffer:
             "version": _FILE_VERSION,
             "generator_device": self.generator.device.type,
         }
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
-        )
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=metadata)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            _fsync_directory(directory)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
     @classmethod
     def load(

@@ -19,7 +19,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lli_fast.invert import check_steps, check_target, make_init
+from lli_fast.invert import (
+    check_forward_model_mode,
+    check_steps,
+    check_target,
+    latent_size,
+    make_init,
+)
 from lli_fast.latent_opt import LatentOptimizer
 from lli_fast.losses import RowLoss, checked_row_loss, resolve_loss
 from lli_fast.mapping import MappingNetwork
@@ -91,6 +97,8 @@ class LandscapeTrainer:
     ) -> None:
         if not isinstance(mapping, MappingNetwork):
             raise TypeError(f"mapping must be a MappingNetwork, got {type(mapping).__name__}")
+        check_forward_model_mode(forward_model)
+        latent_size(forward_model, mapping, None)
         check_target(targets, forward_model)
         check_steps(steps)
         if steps < 1:
@@ -129,9 +137,25 @@ class LandscapeTrainer:
             seed=seed,
             backend=backend,
         )
+        self._check_output_shape()
         self.theta_opt = torch.optim.Adam(mapping.parameters(), lr=theta_lr)
         self.history = TrainHistory()
         self.rounds_done = 0
+
+    def _check_output_shape(self) -> None:
+        """F(theta(z)) must have the (transformed) targets' shape: a broadcast would silently train
+        on a meaningless loss."""
+        index = torch.arange(min(2, len(self.targets)), device=self.device)
+        y = self._targets_for(index)
+        z = torch.zeros(len(index), self.mapping.dim, dtype=self.targets.dtype, device=self.device)
+        with torch.no_grad():
+            pred = self.forward_model(self.mapping(z))
+        if not isinstance(pred, torch.Tensor) or pred.shape != y.shape:
+            got = tuple(pred.shape) if isinstance(pred, torch.Tensor) else type(pred).__name__
+            raise ValueError(
+                f"targets must have the forward model's output shape per row {got}, got "
+                f"{tuple(y.shape)} (after target_transform)"
+            )
 
     def _targets_for(self, index: torch.Tensor) -> torch.Tensor:
         y = self.targets[index]
@@ -189,8 +213,10 @@ class LandscapeTrainer:
             raise ValueError("train needs rounds or time_budget_s (or both)")
         if rounds is not None:
             _positive_int("rounds", rounds)
-        if time_budget_s is not None and not time_budget_s > 0:
-            raise ValueError(f"time_budget_s must be > 0, got {time_budget_s!r}")
+        if time_budget_s is not None and not (
+            isinstance(time_budget_s, (int, float)) and 0 < time_budget_s < math.inf
+        ):
+            raise ValueError(f"time_budget_s must be a finite number > 0, got {time_budget_s!r}")
         was_training = self.mapping.training
         self.mapping.train()
         start = time.perf_counter()

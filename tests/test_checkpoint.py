@@ -79,3 +79,33 @@ def test_bad_save_arguments(tmp_path):
         save_mapping(tmp_path / "x", torch.nn.Linear(2, 2))
     with pytest.raises(TypeError, match="config must be JSON-serialisable"):
         save_mapping(tmp_path / "x", trained_mapping(), {"f": object()})
+
+
+def test_saved_file_is_readable_by_others(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "m.safetensors"
+        save_mapping(path, trained_mapping())
+        assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+        os.chmod(path, 0o640)
+        save_mapping(path, trained_mapping())  # replacing keeps the file's mode
+        assert path.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+
+
+def test_config_that_disagrees_with_tensors_is_rejected_before_allocating(tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "m.safetensors"
+    save_mapping(path, trained_mapping(4))
+    tensors = load_file(str(path))
+    for arch in ({"dim": 4, "hidden": 100_000, "depth": 2}, [4, 20, 2], {"dim": 4}):
+        meta = {"format": "lli_fast.mapping/1", "mapping": arch, "config": {}}
+        save_file(tensors, str(path), metadata={"lli_fast_config": json.dumps(meta)})
+        with pytest.raises(ValueError, match="checkpoint .*(do not fit|damaged config)"):
+            load_mapping(path)
+    with pytest.raises(ValueError, match="is a directory"):
+        load_mapping(tmp_path)

@@ -83,3 +83,30 @@ def test_cli_errors_are_clear(demo_run, tmp_path, capsys):
     assert "checkpoint not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["demo", "--seconds", "-3"])
+
+
+def test_sixteen_bit_and_exif_images_are_read_right(tmp_path):
+    from lli_fast.cli import load_images
+
+    gray16 = np.full((8, 8), 32768, dtype=np.uint16)  # mid-gray in 16 bits
+    Image.fromarray(gray16).save(tmp_path / "g16.png")
+    img = load_images([str(tmp_path / "g16.png")], size=8)
+    torch.testing.assert_close(img, torch.full((1, 3, 8, 8), 32768 / 65535 * 2 - 1))
+    # a portrait photo stored sideways with EXIF orientation 6 (rotate 90 degrees clockwise)
+    arr = np.zeros((8, 16, 3), dtype=np.uint8)
+    arr[:, :8] = 255  # left half white as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(arr).save(tmp_path / "rot.jpg", exif=exif, quality=100)
+    img = load_images([str(tmp_path / "rot.jpg")], size=16)
+    assert img[0, 0, :4].mean() > 0.5 and img[0, 0, -4:].mean() < -0.5  # white on top after turning
+    Image.fromarray(np.zeros((4, 4), dtype=np.float32), mode="F").save(tmp_path / "f.tiff")
+    with pytest.raises(ValueError, match="32-bit"):
+        load_images([str(tmp_path / "f.tiff")])
+
+
+def test_train_checks_its_output_before_training(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path), "--seconds", "1"]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--seconds", "inf"])

@@ -208,3 +208,51 @@ def test_device_mismatch_is_named(problem):
     meta_target = torch.empty(y.shape, device="meta")
     with pytest.raises(ValueError, match=r"target must be on the forward model's device"):
         invert(gen, meta_target, steps=1)
+
+
+def test_public_api_names_are_the_functions():
+    import lli_fast
+    import lli_fast.invert  # noqa: F401  (importing the submodule must not shadow the function)
+    import lli_fast.trainer  # noqa: F401
+
+    assert callable(lli_fast.invert) and lli_fast.invert is invert
+    assert lli_fast.MappingNetwork is MappingNetwork
+
+
+class CountingModel(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls, self.input_dim = inner, 0, inner.input_dim
+
+    def forward(self, x):
+        self.calls += 1
+        return self.inner(x)
+
+
+def test_stops_once_every_row_has_stopped(problem):
+    gen, _, y = problem
+    counting = CountingModel(gen)
+    res = invert(counting, y, steps=100_000, early_stop=10.0)  # every row is done at step 0
+    assert counting.calls <= 8 + 1  # one check interval, then the answer's forward
+    assert torch.equal(res.steps_taken, torch.zeros(5, dtype=torch.int64))
+    assert res.loss_curve.shape == (100_001, 5)
+    assert torch.equal(res.loss_curve[-1], res.loss_curve[0])
+    with pytest.raises(ValueError, match="steps must be an int in"):
+        invert(gen, y, steps=10**9)
+
+
+def test_batchnorm_in_training_mode_is_refused():
+    from lli_fast.models import face_dcgan
+
+    gen = face_dcgan().train()
+    before = [b.clone() for b in gen.buffers()]
+    y = torch.zeros(2, 3, 64, 64)
+    with pytest.raises(ValueError, match=r"batch-norm layer in training mode .*forward_model.eval"):
+        invert(gen, y, steps=2)
+    assert all(torch.equal(a, b) for a, b in zip(before, gen.buffers(), strict=True))
+
+
+def test_mapping_size_must_fit_the_model(problem):
+    gen, _, y = problem
+    with pytest.raises(ValueError, match=r"mapping.dim \(7\) must equal .*input_dim \(8\)"):
+        invert(gen, y, MappingNetwork(7, hidden=8, depth=1), steps=2)

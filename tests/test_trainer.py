@@ -132,3 +132,22 @@ def test_bad_mapping_and_train_args(setup):
         trainer.train(rounds=0)
     with pytest.raises(ValueError, match="time_budget_s"):
         trainer.train(time_budget_s=-1)
+
+
+def test_targets_must_match_model_output(setup):
+    gen, train_y, _ = setup
+    theta = MappingNetwork(8, hidden=8, depth=1)
+    with pytest.raises(ValueError, match=r"targets must have the forward model's output shape"):
+        LandscapeTrainer(gen, theta, train_y[:, :, :, :1])
+    with pytest.raises(ValueError, match=r"after target_transform"):
+        LandscapeTrainer(gen, theta, train_y, target_transform=lambda y: y[:1])
+    with pytest.raises(ValueError, match=r"mapping.dim \(5\) must equal"):
+        LandscapeTrainer(gen, MappingNetwork(5, hidden=8, depth=1), train_y)
+
+
+def test_batchnorm_model_in_training_mode_is_refused(setup):
+    _, train_y, _ = setup
+    model = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.BatchNorm1d(64))
+    model.input_dim = 8
+    with pytest.raises(ValueError, match="batch-norm layer in training mode"):
+        LandscapeTrainer(model, MappingNetwork(8, hidden=8, depth=1), train_y.flatten(1))
