@@ -70,8 +70,10 @@ def latent_size(forward_model: nn.Module, mapping: nn.Module | None, init) -> in
 def make_init(init, batch: int, dim: int, seed: int, like: torch.Tensor) -> torch.Tensor:
     """z_0 (B, D): a given tensor, a callable n -> (n, D), or a seeded N(0, I) draw (the draw is
     made on the CPU so that the same seed gives the same start on every device)."""
-    if init is None or init == "normal":
-        gen = torch.Generator().manual_seed(int(seed))
+    if init is None or (isinstance(init, str) and init == "normal"):
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+        gen = torch.Generator().manual_seed(seed)
         z0 = torch.randn(batch, dim, generator=gen)
     elif isinstance(init, str) and init == "zeros":
         z0 = torch.zeros(batch, dim)

@@ -14,8 +14,10 @@ def check_lr(lr: float | torch.Tensor, batch: int) -> None:
     if isinstance(lr, torch.Tensor):
         if lr.dim() != 1 or lr.shape[0] not in (1, batch):
             raise ValueError(f"lr must be a float or a (1,) or ({batch},) tensor, got {lr.shape}")
-        if lr.device.type == "cpu" and not bool((lr > 0).all()):
-            raise ValueError(f"lr must be > 0 in every row, got min {lr.min().item()}")
+        if not lr.is_floating_point():
+            raise TypeError(f"lr must be a floating-point tensor, got {lr.dtype}")
+        if lr.device.type == "cpu" and not bool(((lr > 0) & torch.isfinite(lr)).all()):
+            raise ValueError(f"lr must be finite and > 0 in every row, got {lr.tolist()}")
         return
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
@@ -50,6 +52,16 @@ class LatentOptimizer:
             raise TypeError(f"early_stop must be None or a number, got {early_stop!r}")
         b, device = z.shape[0], z.device
         self.optimizer = optimizer
+        if (
+            not isinstance(betas, (tuple, list))
+            or len(betas) != 2
+            or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)
+        ):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        if isinstance(momentum, bool) or not (
+            isinstance(momentum, (int, float)) and 0 <= momentum < 1
+        ):
+            raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
         self.beta1 = float(betas[0] if optimizer == "adam" else momentum)
         self.beta2 = float(betas[1])
         self.eps = float(eps)
