@@ -284,6 +284,82 @@ def test_invalid_arguments_are_named(device, backend, name, state, keywords, exc
     assert torch.equal(s["z"], before)  # rejected before anything was written
 
 
+def _expanded(t):
+    return t[:1].expand(t.shape)  # stride 0 along the rows
+
+
+ALIASED = {  # aliasing of in-place arguments: (change to the state, message)
+    "grad is z": (lambda s: dict(grad=s["z"]), "grad must not overlap z"),
+    "exp_avg_sq is exp_avg": (
+        lambda s: dict(exp_avg_sq=s["exp_avg"]),
+        "exp_avg_sq must not overlap exp_avg",
+    ),
+    "exp_avg shifted z": (lambda s: dict(exp_avg=s["wide"][1:], z=s["wide"][:-1]), "exp_avg must"),
+    "z expanded": (lambda s: dict(z=_expanded(s["z"])), "z must not have internal overlap"),
+    "step expanded": (lambda s: dict(step=_expanded(s["step"])), "step must not have internal"),
+    "active expanded": (
+        lambda s: dict(active=_expanded(s["active"])),
+        r"active must not have internal overlap \(expanded/stride-0 views",
+    ),
+    "ring_z is z": (
+        lambda s: dict(ring_z=s["z"], ring_slots=torch.arange(3, device=s["z"].device)),
+        "ring_z must not overlap z",
+    ),
+    "ring_z is exp_avg": (
+        lambda s: dict(ring_z=s["exp_avg"], ring_slots=torch.arange(3, device=s["z"].device)),
+        "ring_z must not overlap exp_avg",
+    ),
+    "lr is a row of z": (lambda s: dict(lr=s["z"][0, :3]), "lr must not overlap z"),
+}
+
+
+@pytest.mark.parametrize("case", list(ALIASED))
+@pytest.mark.parametrize("device, backend", cases(with_reference=True))
+def test_aliased_in_place_arguments_are_named(device, backend, case):
+    state, message = ALIASED[case]
+    s = make(3, 5, torch.float32, device)
+    s["wide"] = torch.randn(4, 5, device=device)
+    s.update(state(s))
+    names = (*STATE, "lr", "loss", "ring_z", "ring_slots")
+    before = {k: s[k].clone() for k in names}
+    with pytest.raises(ValueError, match=f"lli_fast: {message}"):
+        latent_step(
+            *[s[k] for k in (*STATE, "lr", "loss")],
+            ring_z=s["ring_z"],
+            ring_slots=s["ring_slots"],
+            backend=backend,
+        )
+    for k in names:  # rejected before anything was written
+        assert torch.equal(s[k], before[k]), k
+
+
+@pytest.mark.parametrize("device, backend", cases(with_reference=True))
+def test_interleaved_state_in_one_buffer_is_not_aliasing(device, backend):
+    # exp_avg and exp_avg_sq as alternate rows of one buffer: address ranges intersect, no
+    # element is shared, so it is accepted and matches separate buffers.
+    s = make(3, 5, torch.float32, device)
+    want = clone(s)
+    both = torch.empty(3, 2, 5, device=device)
+    both[:, 0], both[:, 1] = s["exp_avg"], s["exp_avg_sq"]
+    s["exp_avg"], s["exp_avg_sq"] = both[:, 0], both[:, 1]
+    run(s, backend, 2, HYPER["adam"])
+    run(want, None, 2, HYPER["adam"])
+    assert_matches(s, want, torch.float32)
+
+
+@pytest.mark.skipif("cpp" not in backends_on(OP, "cpu"), reason="C++ extension not built")
+@pytest.mark.parametrize(
+    "case", ["grad is z", "exp_avg_sq is exp_avg", "z expanded", "ring_z is z"]
+)
+def test_compiled_op_names_aliased_arguments_too(case):
+    state, message = ALIASED[case]
+    s = make(3, 5, torch.float32)
+    s.update(state(s))
+    s["lr"] = s["lr"].float()
+    with pytest.raises(ValueError, match=f"lli_fast: {message}"):
+        torch.ops.lli_fast.latent_step(*_op_args(s))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not cuda_kernel_built(OP), reason="no GPU")
 @pytest.mark.parametrize("backend", ["cuda", "triton", "reference"])

@@ -190,6 +190,27 @@ BAD_PUSH = {
         "ring_z must be contiguous",
     ),
     "ring_target rows": (_bad_ring(1, lambda t: t[:4]), ValueError, "ring_target must have shape"),
+    # Aliasing: the ring is written in place, so no pushed column may share its memory.
+    "z is ring rows": (
+        lambda ring, cols: (ring, [ring[0][1:4]] + cols[1:]),
+        ValueError,
+        "z must not overlap ring_z",
+    ),
+    "target is ring_step": (
+        lambda ring, cols: (ring, [cols[0], ring[2][:3]] + cols[2:]),
+        ValueError,
+        "target must not overlap ring_step",
+    ),
+    "loss is ring_loss": (
+        lambda ring, cols: (ring, cols[:3] + [ring[3][2:]]),
+        ValueError,
+        "loss must not overlap ring_loss",
+    ),
+    "cursor in ring_target": (
+        lambda ring, cols: (ring[:4] + [ring[1][:2]], cols),
+        ValueError,
+        r"lli_fast: cursor must not overlap ring_target \(they share memory\)",
+    ),
 }
 
 

@@ -40,6 +40,31 @@ inline bool uses_exp_avg_sq(int64_t optimizer) {
   return optimizer == latent_step_math::kAdam;
 }
 
+// Named ValueErrors for aliased in-place arguments (at::assert_no_overlap names neither).
+// args[i] is (tensor, name) in argument order, written[i] whether the kernel writes it; an
+// undefined tensor is skipped. Overlap that ATen cannot decide cheaply (TooHard) is allowed, as
+// at::assert_no_overlap does; the Python wrappers decide it exactly before calling the op.
+inline void check_no_aliasing(const std::pair<const at::Tensor*, const char*>* args,
+                              const bool* written, int n) {
+  for (int i = 0; i < n; ++i) {
+    const at::Tensor& a = *args[i].first;
+    if (!a.defined()) continue;
+    TORCH_CHECK_VALUE(!written[i] || at::has_internal_overlap(a) != at::MemOverlap::Yes,
+                      "lli_fast: ", args[i].second,
+                      " must not have internal overlap (expanded/stride-0 views cannot be "
+                      "updated in place)");
+    for (int j = 0; j < i; ++j) {
+      const at::Tensor& b = *args[j].first;
+      if (!b.defined() || !(written[i] || written[j])) continue;
+      const auto status = at::get_overlap_status(a, b);
+      TORCH_CHECK_VALUE(
+          status != at::MemOverlapStatus::Full && status != at::MemOverlapStatus::Partial,
+          "lli_fast: ", args[i].second, " must not overlap ", args[j].second,
+          " (they share memory)");
+    }
+  }
+}
+
 inline void check_vector(const at::Tensor& t, const char* name, int64_t B, at::ScalarType dtype,
                          const at::Tensor& z) {
   check_same_device(t, name, z, "z");
@@ -121,28 +146,23 @@ inline void check_latent_step_args(const at::Tensor& z, const at::Tensor& grad,
                       "lli_fast: ring_z has no rows to write ", B, " slots into");
   }
 
-  // The kernels write through raw pointers: a mutated tensor must not overlap itself or any
-  // other argument (e.g. an expanded view, or exp_avg passed as z).
-  at::assert_no_internal_overlap(z);
-  at::assert_no_internal_overlap(step);
-  at::assert_no_internal_overlap(active);
-  at::assert_no_overlap(z, grad);
-  if (uses_exp_avg(optimizer, beta1)) {
-    at::assert_no_internal_overlap(exp_avg);
-    at::assert_no_overlap(exp_avg, z);
-    at::assert_no_overlap(exp_avg, grad);
-  }
-  if (uses_exp_avg_sq(optimizer)) {
-    at::assert_no_internal_overlap(exp_avg_sq);
-    at::assert_no_overlap(exp_avg_sq, z);
-    at::assert_no_overlap(exp_avg_sq, grad);
-    at::assert_no_overlap(exp_avg_sq, exp_avg);
-  }
-  if (ring_z.has_value()) {
-    at::assert_no_internal_overlap(*ring_z);
-    at::assert_no_overlap(*ring_z, z);
-    at::assert_no_overlap(*ring_z, grad);
-  }
+  // The kernels write through raw pointers: a written tensor must not overlap itself (an
+  // expanded view) or any other argument (e.g. exp_avg passed as exp_avg_sq). Unused optimizer
+  // state is neither read nor written. Mirrors lli_fast.ops.ring.check_no_overlap.
+  const at::Tensor none;
+  const std::pair<const at::Tensor*, const char*> args[] = {
+      {&z, "z"},
+      {&grad, "grad"},
+      {uses_exp_avg(optimizer, beta1) ? &exp_avg : &none, "exp_avg"},
+      {uses_exp_avg_sq(optimizer) ? &exp_avg_sq : &none, "exp_avg_sq"},
+      {&step, "step"},
+      {&active, "active"},
+      {&lr, "lr"},
+      {loss.has_value() ? &*loss : &none, "loss"},
+      {ring_z.has_value() ? &*ring_z : &none, "ring_z"},
+      {ring_slots.has_value() ? &*ring_slots : &none, "ring_slots"}};
+  const bool written[] = {true, false, true, true, true, true, false, false, true, false};
+  check_no_aliasing(args, written, 10);
 }
 
 template <typename scalar_t>

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include <ATen/MemoryOverlap.h>
+
 #include "checks.h"
 
 #ifndef LLI_FAST_HOST_DEVICE
@@ -118,6 +120,22 @@ inline int64_t check_push(const at::Tensor& ring_z, const at::Tensor& ring_targe
     // would have shared a slot, so which one the ring holds would be undefined.
     TORCH_CHECK_VALUE(batch <= capacity, "lli_fast: z=None (rows already written by latent_step) ",
                       "needs B <= capacity ", capacity, ", got B = ", batch);
+  }
+  // The ring is written in place: it must share no memory with the pushed columns (and its
+  // own tensors none with each other). Mirrors lli_fast.ops.ring.check_push_overlap.
+  const at::Tensor none;
+  const at::Tensor* args[] = {&ring_z, &ring_target, &ring_step, &ring_loss, &cursor,
+                              z.has_value() ? &*z : &none, &target, &step, &loss};
+  const char* names[] = {"ring_z", "ring_target", "ring_step", "ring_loss", "cursor",
+                         "z", "target", "step", "loss"};
+  for (int i = 1; i < 9; ++i) {
+    if (!args[i]->defined()) continue;
+    for (int j = 0; j < i && j < 5; ++j) {  // pairs with at least one ring tensor
+      const auto status = at::get_overlap_status(*args[i], *args[j]);
+      TORCH_CHECK_VALUE(
+          status != at::MemOverlapStatus::Full && status != at::MemOverlapStatus::Partial,
+          "lli_fast: ", names[i], " must not overlap ", names[j], " (they share memory)");
+    }
   }
   return batch;
 }

@@ -18,6 +18,7 @@ import os
 import torch
 
 from lli_fast import _ext, backends
+from lli_fast.ops.ring import check_no_overlap
 from lli_fast.reference.latent_step import ADAM, SGD, latent_step_ref
 
 OPTIMIZERS: dict[str, int] = {"sgd": SGD, "adam": ADAM}
@@ -302,6 +303,20 @@ def latent_step(
     hyper = (code, float(beta1), float(beta2), float(eps), float(max_grad_norm), float(stop_loss))
     args = (z, grad, exp_avg, exp_avg_sq, step, active, rate, loss, *hyper, ring_z, ring_slots)
 
+    # Aliasing, for every backend before dispatch (metadata only): the state is updated in place.
+    # Unused optimizer state is neither read nor written, so it may alias anything.
+    check_no_overlap((
+        ("z", z, True),
+        ("grad", grad, False),
+        ("exp_avg", exp_avg if code == ADAM or beta1 != 0.0 else None, True),
+        ("exp_avg_sq", exp_avg_sq if code == ADAM else None, True),
+        ("step", step, True),
+        ("active", active, True),
+        ("lr", rate, False),
+        ("loss", loss, False),
+        ("ring_z", ring_z, True),
+        ("ring_slots", ring_slots, False),
+    ))  # fmt: skip
     chosen = _choose(z.device, backend, os.environ.get("LLI_FAST_BACKEND"))
     if chosen in ("cpp", "cuda"):
         torch.ops.lli_fast.latent_step(*args)

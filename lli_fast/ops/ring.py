@@ -44,6 +44,100 @@ def _check_device(t: torch.Tensor, name: str, ref: torch.Tensor) -> None:
     )
 
 
+def _offsets(t: torch.Tensor) -> torch.Tensor:
+    """Absolute byte address of every element of t (CPU int64, from metadata only)."""
+    off = torch.zeros((), dtype=torch.int64)
+    for size, stride in zip(t.shape, t.stride(), strict=True):
+        off = off.unsqueeze(-1) + torch.arange(size) * stride
+    return off.flatten() * t.element_size() + t.data_ptr()
+
+
+def _elements_overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether some byte lies in an element of both (exact; only called on the rare path where
+    the address ranges of a and b intersect)."""
+    if a.device != b.device:
+        return False
+    if a.is_contiguous() and b.is_contiguous():
+        return True  # dense ranges that intersect share bytes
+    starts = torch.sort(_offsets(a)).values
+    b_starts = _offsets(b)
+    # The last element of a starting before each element of b ends; overlap if it ends later.
+    last = torch.searchsorted(starts, b_starts + b.element_size()) - 1
+    hit = (last >= 0) & (starts[last.clamp(min=0)] + a.element_size() > b_starts)
+    return bool(hit.any())
+
+
+def check_no_overlap(args: tuple[tuple[str, torch.Tensor | None, bool], ...]) -> None:
+    """Reject aliasing of in-place arguments: args are (name, tensor or None, written) in
+    argument order. A written tensor must have no stride-0 dimension of size > 1 and must share
+    no memory with any other argument (read-only ones may share memory with each other).
+
+    Metadata only (addresses, sizes, strides): no host synchronisation, a few microseconds.
+    The kernels write through raw pointers, so aliasing would race on a GPU or corrupt state.
+    Skipped while tracing under torch.compile (fake tensors have no addresses); the compiled C++
+    ops repeat these checks (csrc/common/latent_step_args.h, ring.h).
+    """
+    if torch.compiler.is_compiling():
+        return
+    spans = []
+    for index, (name, t, written) in enumerate(args):
+        if not isinstance(t, torch.Tensor):
+            continue
+        low = t.data_ptr()
+        if t.is_contiguous():  # the hot path: no stride-0 dimension, a dense byte range
+            high = low + t.nbytes
+            if high > low:
+                spans.append((low, high, index, name, t, written))
+            continue
+        if t.numel() == 0:
+            continue
+        item = t.element_size()
+        high = low + item
+        for size, stride in zip(t.shape, t.stride(), strict=True):
+            if stride >= 0:
+                high += (size - 1) * stride * item
+            else:
+                low += (size - 1) * stride * item
+            if written and stride == 0 and size > 1:
+                raise ValueError(
+                    f"lli_fast: {name} must not have internal overlap (expanded/stride-0 views "
+                    "cannot be updated in place)"
+                )
+        spans.append((low, high, index, name, t, written))
+    spans.sort()
+    reach = 0
+    for low, high, *_ in spans:  # sorted by start: disjoint unless one starts before reach
+        if low < reach:
+            break
+        reach = high
+    else:
+        return
+    for i, (_, high, index, name, t, written) in enumerate(spans):  # rare: find the pair
+        for low2, _, index2, name2, t2, written2 in spans[i + 1 :]:
+            if low2 >= high:
+                break
+            if (written or written2) and _elements_overlap(t, t2):
+                first, second = (name, name2) if index < index2 else (name2, name)
+                raise ValueError(f"lli_fast: {second} must not overlap {first} (they share memory)")
+
+
+def check_push_overlap(
+    ring_z, ring_target, ring_step, ring_loss, cursor, z, target, step, loss
+) -> None:
+    """check_no_overlap for ring_push: the ring's tensors are written, the columns read."""
+    check_no_overlap((
+        ("ring_z", ring_z, True),
+        ("ring_target", ring_target, True),
+        ("ring_step", ring_step, True),
+        ("ring_loss", ring_loss, True),
+        ("cursor", cursor, True),
+        ("z", z, False),
+        ("target", target, False),
+        ("step", step, False),
+        ("loss", loss, False),
+    ))  # fmt: skip
+
+
 def check_ring_args(
     ring_z: torch.Tensor,
     ring_target: torch.Tensor,
@@ -161,6 +255,7 @@ def ring_push_triton(
     from lli_fast.triton_kernels.ring import launch_ring_push
 
     check_push_args(ring_z, ring_target, ring_step, ring_loss, cursor, z, target, step, loss)
+    check_push_overlap(ring_z, ring_target, ring_step, ring_loss, cursor, z, target, step, loss)
     launch_ring_push(ring_z, ring_target, ring_step, ring_loss, cursor, z, target, step, loss)
 
 
@@ -207,6 +302,7 @@ if _ext.C is not None:
 
 def _push_reference(*args) -> None:
     check_push_args(*args)
+    check_push_overlap(*args)
     ring_push_ref(*args)
 
 
@@ -266,6 +362,8 @@ def ring_push(
     `backend`: "auto", "cuda", "triton", "cpp" or "reference" (see lli_fast.backends).
     """
     kernel = push_kernel(_backend_for("ring_push", ring_z.device, backend))
+    # Every backend (the reference and Triton ones check again for push_kernel's callers).
+    check_push_overlap(ring_z, ring_target, ring_step, ring_loss, cursor, z, target, step, loss)
     kernel(ring_z, ring_target, ring_step, ring_loss, cursor, z, target, step, loss)
 
 
