@@ -52,21 +52,27 @@ def plot_curves(path: str, curves: dict[str, torch.Tensor], title: str, ylabel: 
 
 
 def image_grid(path: str, columns: dict[str, torch.Tensor], max_rows: int = 8) -> None:
-    """PNG grid: one column per entry of `columns` ((N, 3, H, W) images in [-1, 1])."""
-    from PIL import Image
+    """PNG grid: one labelled column per entry of `columns` ((N, 3, H, W) images in [-1, 1]),
+    showing the first `max_rows` rows, scaled up 2x."""
+    from PIL import Image, ImageDraw
 
     names = list(columns)
     rows = min(max_rows, *(len(v) for v in columns.values()))
     h, w = columns[names[0]].shape[-2:]
-    pad = 2
-    canvas = np.full((rows * (h + pad) + pad, len(names) * (w + pad) + pad, 3), 255, np.uint8)
+    pad, header = 2, 14
+    canvas = np.full(
+        (header + rows * (h + pad) + pad, len(names) * (w + pad) + pad, 3), 255, np.uint8
+    )
     for j, name in enumerate(names):
         imgs = ((columns[name][:rows].detach().cpu().clamp(-1, 1) + 1) * 127.5).round()
         imgs = imgs.to(torch.uint8).permute(0, 2, 3, 1).numpy()
         for i in range(rows):
-            y0, x0 = pad + i * (h + pad), pad + j * (w + pad)
+            y0, x0 = header + pad + i * (h + pad), pad + j * (w + pad)
             canvas[y0 : y0 + h, x0 : x0 + w] = imgs[i]
+    image = Image.fromarray(canvas)
+    image = image.resize((canvas.shape[1] * 2, canvas.shape[0] * 2), Image.NEAREST)
+    draw = ImageDraw.Draw(image)
+    for j, name in enumerate(names):
+        draw.text((2 * (pad + j * (w + pad)) + 2, 6), name, fill=(0, 0, 0))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(canvas).resize((canvas.shape[1] * 2, canvas.shape[0] * 2), Image.NEAREST).save(
-        path
-    )
+    image.save(path)
