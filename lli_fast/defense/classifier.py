@@ -78,8 +78,8 @@ class ClassifierConfig:
     temperature: float = 0.2
     max_shift: int = 2
     # Strong view noise makes the features (and so the contrastive loss) more stable to small
-    # input changes; measured on this split: 97.6% held-out with 0.3 vs 97.9% with 0.1, and
-    # undefended PGD-40 accuracy at eps 0.1 of 95% vs 87.5%.
+    # input changes. Measured: 97.6% held-out with 0.3 vs 97.9% with 0.1, and on 200 held-out
+    # digits (0s and 1s) undefended PGD-40 accuracy at eps 0.1 of 95% vs 87.5%.
     noise_std: float = 0.3
     holdout_per_class: int = 100
     seed: int = 0

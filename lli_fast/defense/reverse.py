@@ -19,10 +19,10 @@ class ContrastivePurificationLoss(nn.Module):
     Each image gets `n_views` augmented views (a random shift of up to max_shift pixels plus
     Gaussian noise); its loss is 1 - the mean cosine similarity of their projections (NT-Xent's
     positive term). Why not the full NT-Xent with negatives: its negatives push the image's
-    projection away from those of other clean digits, which is the opposite of purification (it
-    purified worse in our measurements), and in-batch negatives would make the result depend on
-    the batch and vanish at batch 1. Augmentations are drawn per view and shared by all rows, so
-    row i's loss is a function of image i alone.
+    projection away from those of other clean digits, the opposite of purification (with a fixed
+    bank of 256 clean negatives it purified worse in a small comparison), and in-batch negatives
+    would make the result depend on the batch and vanish at batch 1. Augmentations are drawn per
+    view and shared by all rows, so row i's loss is a function of image i alone.
 
     `classifier` must have `embed(x) -> (B, P)` unit-norm projections. It is held by reference,
     not registered as a submodule, and never modified.
