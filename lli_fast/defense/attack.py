@@ -25,10 +25,10 @@ def check_images(x: object, name: str = "x") -> torch.Tensor:
         )
     if x.dim() != 4 or x.shape[0] == 0:
         raise ValueError(f"{name} must have shape (B, C, H, W) with B >= 1, got {tuple(x.shape)}")
-    if x.numel() and (x.min() < 0 or x.max() > 1):
+    low, high = torch.aminmax(x)
+    if low < 0 or high > 1:
         raise ValueError(
-            f"{name} must have values in [0, 1], got min {x.min().item():.4g} "
-            f"and max {x.max().item():.4g}"
+            f"{name} must have values in [0, 1], got min {low.item():.4g} and max {high.item():.4g}"
         )
     return x
 

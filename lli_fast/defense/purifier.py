@@ -164,6 +164,8 @@ class Purifier(nn.Module):
         self._offset_cache: tuple | None = None
         # Listed once: walking the module tree on every call costs more than theta's forward.
         self._mapping_params = list(mapping.parameters()) if mapping is not None else []
+        ref = next(classifier.parameters(), None)
+        self._dtype = ref.dtype if ref is not None else None
 
     @property
     def method(self) -> str:
@@ -176,9 +178,8 @@ class Purifier(nn.Module):
                 f"x must have shape (B, {', '.join(map(str, self.input_shape))}), "
                 f"got {tuple(x.shape)}"
             )
-        ref = next(self.classifier.parameters(), None)
-        if ref is not None and x.dtype != ref.dtype:
-            raise TypeError(f"x must have the classifier's dtype {ref.dtype}, got {x.dtype}")
+        if self._dtype is not None and x.dtype != self._dtype:
+            raise TypeError(f"x must have the classifier's dtype {self._dtype}, got {x.dtype}")
         return x
 
     def _offset(self, flat: torch.Tensor) -> torch.Tensor:
