@@ -13,7 +13,7 @@ GPU variants of each (marker `gpu`) run only where a GPU is present: `-m gpu` se
 On a shared or loaded machine also run it with OMP_NUM_THREADS=1: torch's parallel regions (used
 by index_copy_, torchrl and the reference at these sizes) can stall for a scheduler quantum when a
 worker thread is descheduled, which swamps the comparison; the C++ ring kernels stay on the calling
-thread below 1 MiB per op, so they do not.
+thread below 64 KiB per op (B = 256 rows of D = 100 already split), and split larger ops.
 
 torchrl is a bench-only dependency (`pip install torchrl==0.14.1`); without it its rows skip.
 Every provider's buffer is filled to capacity first, so sampling spans all 100,000 rows. The

@@ -91,6 +91,21 @@ def test_push_of_257_rows_with_many_column_blocks(device, backend):
     assert_same(ring, want)
 
 
+@pytest.mark.parametrize("dim", [16, 100, 512])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("device,backend", cases("ring_push"))
+def test_large_pushes_that_wrap_mid_chunk(device, backend, dtype, dim):
+    # Big enough for the CPU kernel's parallel, streaming-store path (whole cache lines written
+    # non-temporally, partial ones at row-run ends plainly), with wraps inside a thread's chunk;
+    # rows of 16 float32 are exactly one cache line, 100 straddle lines, 512 span 32.
+    ring, want = make_ring(509, dim, dtype, device), make_ring(509, dim, dtype, device)
+    for i, batch in enumerate([300, 450, 1, 299, 509, 700]):
+        cols = make_batch(batch, dim, dtype, device, seed=10 + i)
+        ring_push(*ring, *cols, backend=backend)
+        ring_push_ref(*want, *cols)
+        assert_same(ring, want)
+
+
 @pytest.mark.parametrize("device,backend", cases("ring_push"))
 def test_fused_path_equals_a_push_with_z(device, backend):
     # latent_step writes z at (head + i) % C; the push then writes only the metadata.

@@ -3,22 +3,37 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "checks.h"
 #include "common/ring.h"
 
 namespace lli_fast {
 namespace {
 
-// Rows per parallel chunk: ~1 MiB per thread. A typical push or sample (256 rows of D <= 512,
-// <= 0.5 MiB) then runs on the calling thread: one core copies that in tens of microseconds,
-// less than waking the OpenMP pool costs, and on a busy machine a parallel region can wait a
-// whole scheduler quantum (milliseconds) for a descheduled worker. Bulk loads still split.
+// Rows per parallel chunk: ~256 KiB per thread. A small push or sample (B = 16 rows of D = 100)
+// runs on the calling thread: waking the OpenMP pool costs more than copying it. From 512 KiB
+// (256 rows of D = 512) the work splits: a gather of rows scattered over a ring far larger than
+// the caches is bound by memory latency, and a second thread doubles the misses in flight
+// (measured on the 2-core VM: 256 x 512 float32 gather 105 -> 58 us).
+#ifndef LLI_FAST_CHUNK_KIB
+#define LLI_FAST_CHUNK_KIB 64
+#endif
 int64_t rows_per_chunk(int64_t dim, int64_t element_size) {
   const int64_t row_bytes = std::max<int64_t>(1, dim * element_size) + 24;  // + metadata columns
-  return std::max<int64_t>(1, (int64_t{1} << 20) / row_bytes);
+  return std::max<int64_t>(1, (int64_t{LLI_FAST_CHUNK_KIB} << 10) / row_bytes);
 }
 
-constexpr int64_t kPrefetchAhead = 4;
+// How far ahead the gather prefetches, in bytes of rows: enough lines in flight to cover the
+// memory latency without overrunning the fill buffers (tuned on the 2-core VM, D = 100 and 512).
+#ifndef LLI_FAST_PREFETCH_BYTES
+#define LLI_FAST_PREFETCH_BYTES 8192
+#endif
+inline int64_t prefetch_rows_ahead(int64_t row_bytes) {
+  return std::clamp<int64_t>(LLI_FAST_PREFETCH_BYTES / std::max<int64_t>(1, row_bytes), 1, 16);
+}
 
 // Hint the cache lines of [p, p + bytes) into L1; a no-op where the builtin is missing.
 inline void prefetch_lines(const void* p, int64_t bytes) {
@@ -28,6 +43,37 @@ inline void prefetch_lines(const void* p, int64_t bytes) {
 #else
   (void)p;
   (void)bytes;
+#endif
+}
+
+// dst[0:bytes] = src[0:bytes] with non-temporal stores for every whole cache line of dst (plain
+// stores for the partial lines at either end). A pushed row is read back only when a later
+// sample happens to draw it, so writing it through the cache would evict data in use and first
+// cost a read-for-ownership of every line (measured: 256 x 512 float32 push 30 -> 20 us). The
+// caller issues store_fence() before the rows may be read by another thread.
+inline void stream_copy(void* dst, const void* src, int64_t bytes) {
+#if defined(__SSE2__)
+  auto* d = static_cast<char*>(dst);
+  const auto* s = static_cast<const char*>(src);
+  const int64_t lead = std::min<int64_t>(bytes, (64 - reinterpret_cast<uintptr_t>(d) % 64) % 64);
+  std::memcpy(d, s, static_cast<size_t>(lead));
+  d += lead;
+  s += lead;
+  bytes -= lead;
+  const int64_t body = bytes / 64 * 64;
+  for (int64_t off = 0; off < body; off += 16) {
+    _mm_stream_si128(reinterpret_cast<__m128i*>(d + off),
+                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + off)));
+  }
+  std::memcpy(d + body, s + body, static_cast<size_t>(bytes - body));
+#else
+  std::memcpy(dst, src, static_cast<size_t>(bytes));
+#endif
+}
+
+inline void store_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
 #endif
 }
 
@@ -70,10 +116,23 @@ void ring_push_cpu(const at::Tensor& ring_z, const at::Tensor& ring_target,
     const T* in_z = z.has_value() ? static_cast<const T*>(z->const_data_ptr()) : nullptr;
     const int64_t z_s0 = z.has_value() ? z->stride(0) : 0;
     const int64_t z_s1 = z.has_value() ? z->stride(1) : 0;
+    // Dense z (the usual case): consecutive rows land in consecutive slots, so a chunk of rows
+    // is one or two (at the wrap) contiguous byte ranges of the ring, streamed as such.
+    const bool dense = in_z != nullptr && z_s1 == 1 && (z_s0 == dim || batch == 1);
+    const int64_t row_bytes = dim * static_cast<int64_t>(sizeof(T));
     at::parallel_for(first, batch, rows_per_chunk(dim, sizeof(T)), [&](int64_t lo, int64_t hi) {
+      if (dense) {
+        for (int64_t i = lo; i < hi;) {
+          const int64_t slot = (head + i) % capacity;
+          const int64_t run = std::min(hi - i, capacity - slot);
+          stream_copy(out_z + slot * dim, in_z + i * z_s0, run * row_bytes);
+          i += run;
+        }
+        store_fence();  // this thread's streamed rows are visible before it returns
+      }
       for (int64_t i = lo; i < hi; ++i) {
         const int64_t slot = (head + i) % capacity;
-        if (in_z != nullptr) copy_row(out_z + slot * dim, in_z + i * z_s0, dim, z_s1);
+        if (in_z != nullptr && !dense) copy_row(out_z + slot * dim, in_z + i * z_s0, dim, z_s1);
         out_target[slot] = in_target[i * st];
         out_step[slot] = in_step[i * ss];
         out_loss[slot] = in_loss[i * sl];
@@ -111,7 +170,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ring_sample_cpu(
     const T* in_z = static_cast<const T*>(ring_z.const_data_ptr());
     T* out_z = static_cast<T*>(z.data_ptr());
     // Drawn rows are scattered over a ring far larger than the caches, so the gather is bound by
-    // memory latency, not bandwidth: prefetching the rows kPrefetchAhead draws ahead keeps
+    // memory latency, not bandwidth: prefetching the rows a few draws ahead keeps
     // several misses in flight instead of one.
     const auto prefetch = [&](int64_t j) {
       const int64_t row = ring::sample_row(u[j * su], count);
@@ -121,9 +180,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ring_sample_cpu(
       prefetch_lines(in_loss + row, 4);
     };
     at::parallel_for(0, n, rows_per_chunk(dim, sizeof(T)), [&](int64_t lo, int64_t hi) {
-      for (int64_t j = lo; j < std::min(hi, lo + kPrefetchAhead); ++j) prefetch(j);
+      const int64_t ahead = prefetch_rows_ahead(dim * static_cast<int64_t>(sizeof(T)));
+      for (int64_t j = lo; j < std::min(hi, lo + ahead); ++j) prefetch(j);
       for (int64_t j = lo; j < hi; ++j) {
-        if (j + kPrefetchAhead < hi) prefetch(j + kPrefetchAhead);
+        if (j + ahead < hi) prefetch(j + ahead);
         const int64_t row = ring::sample_row(u[j * su], count);
         copy_row(out_z + j * dim, in_z + row * dim, dim, 1);
         out_target[j] = in_target[row];
