@@ -42,7 +42,7 @@ cuda-check:
 	bash scripts/check_cuda.sh
 
 bench-install: install
-	$(PIP) install --quiet --no-deps "torchrl==0.14.1" "tensordict==0.14.1"
+	$(PIP) install --quiet "torchrl==0.14.1"
 
 bench: bench-install
 	$(PYTHON) -m pytest bench --benchmark-only --benchmark-columns=mean,median,stddev,rounds -q

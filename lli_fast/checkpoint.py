@@ -23,12 +23,14 @@ CONFIG_KEY = "lli_fast_config"
 
 
 def _check_arch(path: str, arch, tensors: dict[str, torch.Tensor]) -> dict[str, int]:
-    """The config's architecture must be three positive ints that agree with the stored tensors,
-    checked before anything is allocated from them."""
-    if not isinstance(arch, dict) or set(arch) != {"dim", "hidden", "depth"}:
+    """The config's architecture must be positive ints that agree with the stored tensors,
+    checked before anything is allocated from them. latent_dim is optional (files written before
+    it existed have Z = X)."""
+    keys = {"dim", "hidden", "depth"}
+    if not isinstance(arch, dict) or not keys <= set(arch) <= keys | {"latent_dim"}:
         raise ValueError(
-            f"checkpoint {path} has a damaged config: mapping must be {{dim, hidden, depth}}, "
-            f"got {arch!r}"
+            f"checkpoint {path} has a damaged config: mapping must be {{dim, hidden, depth[, "
+            f"latent_dim]}}, got {arch!r}"
         )
     for key, value in arch.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -38,7 +40,7 @@ def _check_arch(path: str, arch, tensors: dict[str, torch.Tensor]) -> dict[str, 
     if (
         inp is None
         or out is None
-        or tuple(inp.shape) != (arch["hidden"], arch["dim"])
+        or tuple(inp.shape) != (arch["hidden"], arch.get("latent_dim", arch["dim"]))
         or tuple(out.shape) != (arch["dim"], arch["hidden"])
         or len(blocks) != arch["depth"]
     ):
@@ -102,8 +104,8 @@ def load_mapping(
     arch = _check_arch(path, arch, tensors)
     if expected_dim is not None and arch.get("dim") != expected_dim:
         raise ValueError(
-            f"checkpoint {path} is for latent size {arch.get('dim')}, but the forward model "
-            f"takes {expected_dim}"
+            f"checkpoint {path} maps into inputs of size {arch.get('dim')}, but the forward "
+            f"model takes {expected_dim}"
         )
     mapping = MappingNetwork(**arch)
     try:

@@ -47,7 +47,7 @@ def _model_tensor(module: nn.Module) -> torch.Tensor | None:
 
 
 def latent_size(forward_model: nn.Module, mapping: nn.Module | None, init) -> int:
-    """D: from the mapping, forward_model.input_dim, or the init tensor, in that order."""
+    """The size of z: mapping.latent_dim, else forward_model.input_dim, else the init tensor's."""
     dim = getattr(forward_model, "input_dim", None)
     if mapping is not None:
         if not isinstance(getattr(mapping, "dim", None), int):
@@ -56,7 +56,7 @@ def latent_size(forward_model: nn.Module, mapping: nn.Module | None, init) -> in
             raise ValueError(
                 f"mapping.dim ({mapping.dim}) must equal the forward model's input_dim ({dim})"
             )
-        return int(mapping.dim)
+        return int(getattr(mapping, "latent_dim", mapping.dim))
     if isinstance(dim, int) and dim > 0:
         return dim
     if isinstance(init, torch.Tensor) and init.dim() == 2:

@@ -21,25 +21,37 @@ class ResidualBlock(nn.Module):
 
 
 class MappingNetwork(nn.Module):
-    """theta: (B, dim) -> (B, dim), a residual MLP that starts as the identity.
+    """theta: (B, latent_dim) -> (B, dim), a residual MLP that starts as the identity.
 
-    theta(z) = z + head(blocks(z)). The last layer of the head starts at zero, so before training
-    theta(z) == z and gradient descent on z is plain optimization-based inversion; training then
-    reshapes the landscape that z sees. Each residual block's output layer also starts at zero.
+    theta(z) = embed(z) + head(blocks(z)), where embed(z) is z itself when latent_dim == dim (the
+    default), its first `dim` coordinates when Z is wider, and z padded with zeros when it is
+    narrower. The last layer of the head starts at zero, so before training theta(z) == embed(z)
+    and gradient descent on z is plain optimization-based inversion; training then reshapes the
+    landscape that z sees. Each residual block's output layer also starts at zero.
 
     Args:
-        dim: size of Z and X (the forward model's flat input size).
+        dim: size of X (the forward model's flat input size).
         hidden: width of the hidden layers.
         depth: number of residual blocks (>= 1).
+        latent_dim: size of Z, the space gradient descent runs in (default: dim).
     """
 
-    def __init__(self, dim: int, hidden: int = 256, depth: int = 2) -> None:
+    def __init__(
+        self, dim: int, hidden: int = 256, depth: int = 2, latent_dim: int | None = None
+    ) -> None:
         super().__init__()
-        for name, value, low in (("dim", dim, 1), ("hidden", hidden, 1), ("depth", depth, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"MappingNetwork: {name} must be an int >= {low}, got {value!r}")
-        self.dim, self.hidden, self.depth = dim, hidden, depth
-        self.inp = nn.Linear(dim, hidden)
+        if latent_dim is None:
+            latent_dim = dim
+        for name, value in (
+            ("dim", dim),
+            ("hidden", hidden),
+            ("depth", depth),
+            ("latent_dim", latent_dim),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"MappingNetwork: {name} must be an int >= 1, got {value!r}")
+        self.dim, self.hidden, self.depth, self.latent_dim = dim, hidden, depth, latent_dim
+        self.inp = nn.Linear(latent_dim, hidden)
         self.blocks = nn.Sequential(*[ResidualBlock(hidden, hidden) for _ in range(depth)])
         self.out_norm = nn.LayerNorm(hidden)
         self.out = nn.Linear(hidden, dim)
@@ -51,12 +63,23 @@ class MappingNetwork(nn.Module):
 
     def config(self) -> dict[str, int]:
         """The constructor arguments, saved beside the weights in checkpoints."""
-        return {"dim": self.dim, "hidden": self.hidden, "depth": self.depth}
+        return {
+            "dim": self.dim,
+            "hidden": self.hidden,
+            "depth": self.depth,
+            "latent_dim": self.latent_dim,
+        }
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """z: (B, dim) -> x: (B, dim)."""
-        if z.dim() != 2 or z.shape[1] != self.dim:
+        """z: (B, latent_dim) -> x: (B, dim)."""
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(
-                f"MappingNetwork: z must have shape (B, {self.dim}), got {tuple(z.shape)}"
+                f"MappingNetwork: z must have shape (B, {self.latent_dim}), got {tuple(z.shape)}"
             )
-        return z + self.out(self.out_norm(self.blocks(self.inp(z))))
+        if self.latent_dim == self.dim:
+            base = z
+        elif self.latent_dim > self.dim:
+            base = z[:, : self.dim]
+        else:
+            base = nn.functional.pad(z, (0, self.dim - self.latent_dim))
+        return base + self.out(self.out_norm(self.blocks(self.inp(z))))

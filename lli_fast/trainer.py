@@ -5,7 +5,14 @@ Each round:
            (with its target index, step t and loss) goes into the ring replay buffer, written by
            the fused latent-step op in the same pass that updates z.
   fit      z's fixed; `fit_iters` Adam updates of theta on minibatches drawn from the buffer,
-           minimising mean L(F(theta(z)), y[target_index]).
+           minimising mean L(F(theta(z)), y) against the very target y that z's trajectory ran
+           toward.
+
+Targets are rows of the user's tensor and/or samples of the forward model itself (y = F(x), x
+from its prior). A trajectory's target must be the one its z_t are later fitted against: when a
+target_transform (augmentation) or prior samples are used, each collected target is kept in a
+target pool (a ring, like the replay buffer, sized so that a pool slot is reused only after every
+ring row that points at it has been overwritten), and the buffer's target_index points there.
 """
 
 from __future__ import annotations
@@ -38,12 +45,34 @@ class TrainHistory:
 
     round: list[int] = field(default_factory=list)
     collect_loss_start: list[float] = field(default_factory=list)  # mean loss at z_0
-    collect_loss_end: list[float] = field(default_factory=list)  # mean loss at z_K
+    collect_loss_end: list[float] = field(default_factory=list)  # mean loss at z_{K-1}
     fit_loss: list[float] = field(default_factory=list)  # mean theta loss over the round's fits
     seconds: list[float] = field(default_factory=list)  # wall time since train() began
 
     def as_dict(self) -> dict[str, list]:
         return {k: list(v) for k, v in self.__dict__.items()}
+
+
+def _prior_fraction(value, targets) -> float:
+    if value is None:
+        return 0.0 if targets is not None else 1.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"prior_fraction must be a number in [0, 1], got {value!r}")
+    if targets is None and value != 1:
+        raise ValueError(f"prior_fraction must be 1 when targets is None, got {value!r}")
+    return float(value)
+
+
+def _reference_tensor(forward_model: nn.Module, mapping: nn.Module, targets) -> torch.Tensor:
+    """A tensor on the device and of the dtype training runs in."""
+    if targets is not None:
+        return targets
+    for t in forward_model.parameters():
+        if t.is_floating_point():
+            return t.detach()
+    for t in mapping.parameters():
+        return t.detach()
+    raise ValueError("targets=None needs a forward model or mapping with parameters")
 
 
 def _positive_int(name: str, value) -> int:
@@ -58,7 +87,8 @@ class LandscapeTrainer:
     Args:
         forward_model: F, flat inputs (B, D) -> outputs (B, ...); frozen, never modified.
         mapping: theta (its `dim` is D); trained in place.
-        targets: (N, ...) training targets y, on F's device and dtype.
+        targets: (N, ...) training targets y, on F's device and dtype; or None to train on
+            samples of the forward model only (prior_fraction 1).
         loss: "mse", "l1" or callable (pred, target) -> (B,) per-row losses.
         steps: K inner steps per trajectory (use the K you will invert with).
         optimizer, lr, betas, momentum, max_grad_norm: the inner latent optimizer, as in invert().
@@ -67,7 +97,11 @@ class LandscapeTrainer:
         buffer_capacity: rows in the ring replay buffer (default: 50 collect phases' worth).
         fit_batch_size, fit_iters: theta minibatch size and updates per round.
         theta_lr: Adam learning rate of theta.
-        target_transform: optional callable applied to each minibatch of targets (augmentation).
+        target_transform: optional callable applied to each collected batch of targets from
+            `targets` (augmentation); the transformed targets are the ones fitted against.
+        prior_fraction: share of each collect batch whose targets are y = F(x), x = prior(n)
+            (default 0 with targets, 1 without).
+        prior: x sampler n -> (n, dim) for those targets (default N(0, I) of theta's output size).
         seed: seeds the target draws, starts and replay sampling.
         backend: backend of the latent-step and ring ops.
     """
@@ -76,7 +110,7 @@ class LandscapeTrainer:
         self,
         forward_model: nn.Module,
         mapping: MappingNetwork,
-        targets: torch.Tensor,
+        targets: torch.Tensor | None,
         *,
         loss: str | RowLoss = "mse",
         steps: int = 10,
@@ -92,6 +126,8 @@ class LandscapeTrainer:
         fit_iters: int = 10,
         theta_lr: float = 1e-3,
         target_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        prior_fraction: float | None = None,
+        prior: Callable[[int], torch.Tensor] | None = None,
         seed: int = 0,
         backend: str = "auto",
     ) -> None:
@@ -99,7 +135,13 @@ class LandscapeTrainer:
             raise TypeError(f"mapping must be a MappingNetwork, got {type(mapping).__name__}")
         check_forward_model_mode(forward_model)
         latent_size(forward_model, mapping, None)
-        check_target(targets, forward_model)
+        if targets is not None:
+            check_target(targets, forward_model)
+        self.prior_fraction = _prior_fraction(prior_fraction, targets)
+        if prior is not None and not callable(prior):
+            raise TypeError(f"prior must be a callable n -> (n, dim), got {type(prior).__name__}")
+        if targets is None and target_transform is not None:
+            raise ValueError("target_transform needs targets (prior samples are not transformed)")
         check_steps(steps)
         if steps < 1:
             raise ValueError(f"steps must be >= 1 to collect trajectories, got {steps}")
@@ -122,21 +164,32 @@ class LandscapeTrainer:
         self.opt_kwargs = dict(
             optimizer=optimizer, lr=lr, betas=betas, momentum=momentum, max_grad_norm=max_grad_norm
         )
-        LatentOptimizer(targets.new_zeros(1, mapping.dim), backend=backend, **self.opt_kwargs)
+        ref = _reference_tensor(forward_model, mapping, targets)
+        LatentOptimizer(ref.new_zeros(1, mapping.latent_dim), backend=backend, **self.opt_kwargs)
         self.init = init
         self.target_transform = target_transform
+        self.prior = prior
         self.backend = backend
-        self.device = targets.device
+        self.device = ref.device
+        self.dtype = ref.dtype
+        self.n_targets = 0 if targets is None else len(targets)
         self.gen = torch.Generator(device="cpu").manual_seed(seed)
         self.seed = seed
         self.buffer = RingReplayBuffer(
             capacity,
-            mapping.dim,
+            mapping.latent_dim,
             device=self.device,
-            dtype=targets.dtype,
+            dtype=self.dtype,
             seed=seed,
             backend=backend,
         )
+        # Target pool: one slot per trajectory, reused only after all K of its rows have left the
+        # ring (the ring holds rows of at most ceil(capacity / (B K)) + 1 collect phases).
+        self.use_pool = target_transform is not None or self.prior_fraction > 0
+        phases = -(-capacity // (batch_size * steps)) + 1
+        self.pool_size = phases * batch_size if self.use_pool else 0
+        self.pool: torch.Tensor | None = None  # allocated at the first collect
+        self._pool_head = 0
         self._check_output_shape()
         self.theta_opt = torch.optim.Adam(mapping.parameters(), lr=theta_lr)
         self.history = TrainHistory()
@@ -145,29 +198,84 @@ class LandscapeTrainer:
     def _check_output_shape(self) -> None:
         """F(theta(z)) must have the (transformed) targets' shape: a broadcast would silently train
         on a meaningless loss."""
-        index = torch.arange(min(2, len(self.targets)), device=self.device)
-        y = self._targets_for(index)
-        z = torch.zeros(len(index), self.mapping.dim, dtype=self.targets.dtype, device=self.device)
+        z = torch.zeros(2, self.mapping.latent_dim, dtype=self.dtype, device=self.device)
         with torch.no_grad():
             pred = self.forward_model(self.mapping(z))
-        if not isinstance(pred, torch.Tensor) or pred.shape != y.shape:
-            got = tuple(pred.shape) if isinstance(pred, torch.Tensor) else type(pred).__name__
+        if not isinstance(pred, torch.Tensor):
+            raise ValueError(f"the forward model must return a tensor, got {type(pred).__name__}")
+        if self.targets is None:
+            return
+        n = min(2, len(self.targets))
+        y = self.targets[:n]
+        if self.target_transform is not None:
+            y = self.target_transform(y)
+        if not isinstance(y, torch.Tensor) or pred[:n].shape != y.shape:
+            got = tuple(pred[:n].shape)
+            shown = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
             raise ValueError(
                 f"targets must have the forward model's output shape per row {got}, got "
-                f"{tuple(y.shape)} (after target_transform)"
+                f"{shown} (after target_transform)"
             )
 
-    def _targets_for(self, index: torch.Tensor) -> torch.Tensor:
-        y = self.targets[index]
-        return self.target_transform(y) if self.target_transform is not None else y
+    def _sample_prior_targets(self, n: int) -> torch.Tensor:
+        if self.prior is not None:
+            x = self.prior(n)
+        else:
+            x = torch.randn(n, self.mapping.dim, generator=self.gen, dtype=self.dtype)
+        if not isinstance(x, torch.Tensor) or x.shape != (n, self.mapping.dim):
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"prior(n) must return a ({n}, {self.mapping.dim}) tensor, got {got}")
+        with torch.no_grad():
+            return self.forward_model(x.to(device=self.device, dtype=self.dtype))
+
+    def _draw_targets(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A collect batch: (index into targets, or len(targets) + pool slot; the targets y).
+        Untransformed rows of `targets` are referenced in place; the others go to the pool."""
+        n_prior = n if self.targets is None else round(self.prior_fraction * n)
+        ys, indices = [], []
+        if n_prior < n:
+            real = torch.randint(self.n_targets, (n - n_prior,), generator=self.gen)
+            y = self.targets[real.to(self.device)]
+            if self.target_transform is not None:
+                y = self.target_transform(y)
+                real = None
+            ys.append(y)
+            indices.append(real)
+        if n_prior > 0:
+            ys.append(self._sample_prior_targets(n_prior))
+            indices.append(None)
+        for i, (y, index) in enumerate(zip(ys, indices, strict=True)):
+            if index is None:  # into the pool
+                if self.pool is None:
+                    self.pool = y.new_empty((self.pool_size, *y.shape[1:]))
+                slots = (self._pool_head + torch.arange(len(y))) % self.pool_size
+                self._pool_head = (self._pool_head + len(y)) % self.pool_size
+                self.pool[slots.to(self.device)] = y.detach()
+                index = self.n_targets + slots
+            indices[i] = index.to(self.device)
+        if len(ys) == 1:
+            return indices[0], ys[0]
+        return torch.cat(indices), torch.cat(ys)
+
+    def target(self, index: torch.Tensor) -> torch.Tensor:
+        """The targets that buffer rows with these target_index values were collected against:
+        rows of `targets` below len(targets), target-pool slots from there on."""
+        if self.pool is None:
+            return self.targets[index]
+        if self.targets is None:
+            return self.pool[index - self.n_targets]
+        in_pool = index >= self.n_targets
+        y_real = self.targets[torch.where(in_pool, 0, index)]
+        y_pool = self.pool[torch.where(in_pool, index - self.n_targets, 0)]
+        return torch.where(in_pool.view(-1, *[1] * (y_real.dim() - 1)), y_pool, y_real)
 
     def collect(self) -> tuple[float, float]:
-        """One collect phase; returns the mean loss at z_0 and at z_K (theta frozen)."""
+        """One collect phase; returns the mean loss at z_0 and at z_{K-1}, the last z it stores
+        (the step from z_{K-1} to z_K is taken but not scored: that would cost a forward pass)."""
         n = self.batch_size
-        index = torch.randint(len(self.targets), (n,), generator=self.gen).to(self.device)
-        y = self._targets_for(index)
+        index, y = self._draw_targets(n)
         seed = int(torch.randint(2**31 - 1, (1,), generator=self.gen))
-        z = make_init(self.init, n, self.mapping.dim, seed, y)
+        z = make_init(self.init, n, self.mapping.latent_dim, seed, y)
         opt = LatentOptimizer(z, backend=self.backend, **self.opt_kwargs)
         first = last = None
         with torch.enable_grad():
@@ -189,7 +297,7 @@ class LandscapeTrainer:
         total = torch.zeros((), device=self.device)
         for _ in range(self.fit_iters):
             z, index, _, _ = self.buffer.sample(self.fit_batch_size)
-            y = self._targets_for(index)
+            y = self.target(index)
             with torch.enable_grad():
                 rows = checked_row_loss(self.loss_fn, self.forward_model(self.mapping(z)), y)
                 loss = rows.mean()
@@ -237,7 +345,7 @@ class LandscapeTrainer:
                 h.fit_loss.append(fit_loss)
                 h.seconds.append(time.perf_counter() - start)
                 bar.update(1)
-                bar.set_postfix(loss_K=f"{loss_k:.4f}", fit=f"{fit_loss:.4f}")
+                bar.set_postfix(loss_last=f"{loss_k:.4f}", fit=f"{fit_loss:.4f}")
         finally:
             bar.close()
             self.mapping.train(was_training)

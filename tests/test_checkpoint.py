@@ -25,7 +25,7 @@ def test_round_trip(tmp_path):
     save_mapping(path, theta, {"lr": 0.2, "steps": 10})
     loaded, config = load_mapping(path, expected_dim=12)
     assert config == {"lr": 0.2, "steps": 10}
-    assert loaded.config() == {"dim": 12, "hidden": 20, "depth": 2}
+    assert loaded.config() == {"dim": 12, "hidden": 20, "depth": 2, "latent_dim": 12}
     assert not loaded.training
     z = torch.randn(4, 12)
     torch.testing.assert_close(loaded(z), theta(z), rtol=0, atol=0)
@@ -35,7 +35,7 @@ def test_round_trip(tmp_path):
 def test_wrong_latent_size(tmp_path):
     path = tmp_path / "m.safetensors"
     save_mapping(path, trained_mapping(12))
-    with pytest.raises(ValueError, match="latent size 12.*takes 100"):
+    with pytest.raises(ValueError, match="inputs of size 12.*takes 100"):
         load_mapping(path, expected_dim=100)
 
 
@@ -109,3 +109,35 @@ def test_config_that_disagrees_with_tensors_is_rejected_before_allocating(tmp_pa
             load_mapping(path)
     with pytest.raises(ValueError, match="is a directory"):
         load_mapping(tmp_path)
+
+
+def test_round_trip_with_a_wider_latent_and_old_configs(tmp_path):
+    theta = MappingNetwork(12, hidden=20, depth=1, latent_dim=30)
+    with torch.no_grad():
+        for p in theta.parameters():
+            p.normal_()
+    path = tmp_path / "wide.safetensors"
+    save_mapping(path, theta)
+    loaded, _ = load_mapping(path, expected_dim=12)
+    assert loaded.latent_dim == 30 and loaded.dim == 12
+    z = torch.randn(3, 30)
+    torch.testing.assert_close(loaded(z), theta(z), rtol=0, atol=0)
+    # A file written before latent_dim existed (config without it) still loads, with Z = X.
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    square = tmp_path / "old.safetensors"
+    save_mapping(square, trained_mapping(12))
+    with safe_open(str(square), "pt") as fh:
+        meta = json.loads(fh.metadata()["lli_fast_config"])
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open API)
+    del meta["mapping"]["latent_dim"]
+    save_file(tensors, str(square), metadata={"lli_fast_config": json.dumps(meta)})
+    assert load_mapping(square)[0].latent_dim == 12
+    # A config whose latent_dim disagrees with the stored tensors is refused before loading.
+    meta["mapping"]["latent_dim"] = 31
+    save_file(tensors, str(square), metadata={"lli_fast_config": json.dumps(meta)})
+    with pytest.raises(ValueError, match="do not fit MappingNetwork"):
+        load_mapping(square)

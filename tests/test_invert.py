@@ -256,3 +256,25 @@ def test_mapping_size_must_fit_the_model(problem):
     gen, _, y = problem
     with pytest.raises(ValueError, match=r"mapping.dim \(7\) must equal .*input_dim \(8\)"):
         invert(gen, y, MappingNetwork(7, hidden=8, depth=1), steps=2)
+
+
+@pytest.mark.parametrize("latent_dim", [5, 8, 13])
+def test_mapping_with_its_own_latent_size(problem, latent_dim):
+    # Z narrower or wider than X: at init theta embeds z (zero-padded / first 8 coordinates), so
+    # invert() on z equals plain optimization over that embedding; z has the mapping's size.
+    gen, _, y = problem
+    theta = MappingNetwork(8, hidden=8, depth=1, latent_dim=latent_dim)
+    z0 = torch.randn(5, latent_dim, generator=torch.Generator().manual_seed(3))
+    res = invert(gen, y, theta, steps=4, lr=0.05, init=z0)
+    assert res.z.shape == (5, latent_dim)
+    if latent_dim < 8:  # X's last coordinates stay at the zero padding, and the loss falls
+        assert torch.equal(res.x[:, latent_dim:], torch.zeros(5, 8 - latent_dim))
+        assert (res.loss_curve[-1] < res.loss_curve[0]).all()
+    else:
+        plain = invert(gen, y, steps=4, lr=0.05, init=z0[:, :8])
+        torch.testing.assert_close(res.x, plain.x)
+        torch.testing.assert_close(res.loss_curve, plain.loss_curve)
+        # the extra coordinates get no gradient until theta is trained
+        torch.testing.assert_close(res.z[:, 8:], z0[:, 8:], rtol=0, atol=0)
+    with pytest.raises(ValueError, match=rf"z must have shape \(B, {latent_dim}\)"):
+        theta(torch.zeros(2, latent_dim + 1))

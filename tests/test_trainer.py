@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from tiny import TinyGenerator, snapshot, unchanged
@@ -151,3 +153,105 @@ def test_batchnorm_model_in_training_mode_is_refused(setup):
     model.input_dim = 8
     with pytest.raises(ValueError, match="batch-norm layer in training mode"):
         LandscapeTrainer(model, MappingNetwork(8, hidden=8, depth=1), train_y.flatten(1))
+
+
+def _rows_match_their_targets(trainer):
+    """Every ring row's stored loss is L(F(theta(z)), y) for the target that trainer.target()
+    returns for its index: the row is fitted against the target its trajectory ran toward."""
+    buf = trainer.buffer
+    n = len(buf)
+    z, idx, loss = buf.z[:n], buf.target_index[:n], buf.loss[:n]
+    with torch.no_grad():
+        rows = (trainer.forward_model(trainer.mapping(z)) - trainer.target(idx)) ** 2
+    torch.testing.assert_close(loss, rows.flatten(1).mean(1), rtol=1e-5, atol=1e-7)
+    return idx
+
+
+def test_augmented_targets_stay_paired_with_their_trajectories(setup):
+    # A transform that never gives the same target twice: fitting against a fresh draw (rather
+    # than the target the trajectory ran toward) would break the pairing this test checks.
+    gen, train_y, _ = setup
+    theta = MappingNetwork(8, hidden=16, depth=1)
+    noisy = lambda y: y + 0.3 * torch.randn_like(y)  # noqa: E731
+    trainer = LandscapeTrainer(
+        gen, theta, train_y, steps=3, lr=0.05, batch_size=4, buffer_capacity=30,
+        target_transform=noisy, seed=0,
+    )  # fmt: skip
+    for _ in range(9):  # the ring (30 rows) and the target pool both wrap several times
+        trainer.collect()
+    idx = _rows_match_their_targets(trainer)
+    assert bool((idx >= len(train_y)).all())  # augmented targets live in the pool
+    assert trainer.pool_size == (-(-30 // 12) + 1) * 4
+    trainer.fit()  # fits against the pool without error
+
+
+def test_prior_targets_alone_and_mixed(setup):
+    gen, train_y, _ = setup
+    theta = MappingNetwork(8, hidden=32, depth=2)
+    trainer = LandscapeTrainer(gen, theta, None, steps=3, lr=0.05, batch_size=8, seed=0)
+    assert trainer.prior_fraction == 1.0
+    for _ in range(3):
+        trainer.collect()
+    idx = _rows_match_their_targets(trainer)
+    assert bool((idx >= 0).all()) and trainer.n_targets == 0
+    # prior targets are F(x) for x ~ N(0, I): in the model's range, so F(x) reconstructs them
+    assert trainer.pool.shape[1:] == train_y.shape[1:]
+
+    mixed = LandscapeTrainer(
+        gen, MappingNetwork(8, hidden=16, depth=1), train_y, steps=2, lr=0.05, batch_size=10,
+        prior_fraction=0.3, prior=lambda n: torch.full((n, 8), 0.5), seed=1,
+    )  # fmt: skip
+    for _ in range(4):
+        mixed.collect()
+    idx = _rows_match_their_targets(mixed)
+    from_pool = idx >= len(train_y)
+    assert int(from_pool.sum()) == 3 * 2 * 4  # 3 of 10 trajectories per phase, K = 2 rows each
+    with torch.no_grad():
+        want = gen(torch.full((1, 8), 0.5))
+    got = mixed.target(idx[from_pool])
+    assert torch.allclose(got, want.expand_as(got))
+
+
+def test_training_on_prior_samples_lowers_their_k_step_loss(setup):
+    gen, _, _ = setup
+    g = torch.Generator().manual_seed(5)
+    shifted = lambda n: torch.randn(n, 8, generator=g) * 0.5 + 1.5  # noqa: E731
+    with torch.no_grad():
+        test_y = gen(torch.randn(32, 8, generator=torch.Generator().manual_seed(6)) * 0.5 + 1.5)
+    theta = MappingNetwork(8, hidden=64, depth=2)
+    before = k_step_loss(gen, test_y, theta)
+    trainer = LandscapeTrainer(
+        gen, theta, None, prior=shifted, steps=5, lr=0.05, batch_size=16, fit_iters=10,
+        theta_lr=3e-3, seed=0,
+    )  # fmt: skip
+    trainer.train(rounds=25, progress=False)
+    assert k_step_loss(gen, test_y, theta.eval()) < 0.5 * before
+
+
+@pytest.mark.parametrize(
+    "kwargs,words",
+    [
+        ({"prior_fraction": 1.5}, "prior_fraction must be a number in [0, 1]"),
+        ({"prior_fraction": "half"}, "prior_fraction must be a number in [0, 1]"),
+        ({"targets": None, "prior_fraction": 0.5}, "prior_fraction must be 1 when targets is None"),
+        ({"targets": None, "target_transform": lambda y: y}, "target_transform needs targets"),
+        ({"prior": 3}, "prior must be a callable"),
+    ],
+)
+def test_bad_prior_arguments(setup, kwargs, words):
+    gen, train_y, _ = setup
+    kwargs = {"targets": train_y, **kwargs}
+    targets = kwargs.pop("targets")
+    exc = TypeError if "callable" in words else ValueError
+    with pytest.raises(exc, match=re.escape(words)):
+        LandscapeTrainer(gen, MappingNetwork(8, hidden=8, depth=1), targets, **kwargs)
+
+
+def test_prior_of_the_wrong_shape_is_named(setup):
+    gen, train_y, _ = setup
+    trainer = LandscapeTrainer(
+        gen, MappingNetwork(8, hidden=8, depth=1), train_y, prior_fraction=0.5,
+        prior=lambda n: torch.zeros(n, 3), batch_size=4, steps=2,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"prior\(n\) must return a \(2, 8\) tensor, got \(2, 3\)"):
+        trainer.collect()
