@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lli_fast._io import atomic_write
-from lli_fast.mapping import MappingNetwork
+from lli_fast.mapping import SKIPS, MappingNetwork
 
 __all__ = ["atomic_write", "load_mapping", "save_mapping"]
 
@@ -22,25 +22,32 @@ FORMAT = "lli_fast.mapping/1"
 CONFIG_KEY = "lli_fast_config"
 
 
-def _check_arch(path: str, arch, tensors: dict[str, torch.Tensor]) -> dict[str, int]:
-    """The config's architecture must be positive ints that agree with the stored tensors,
-    checked before anything is allocated from them. latent_dim is optional (files written before
-    it existed have Z = X)."""
+def _check_arch(path: str, arch, tensors: dict[str, torch.Tensor]) -> dict[str, int | str]:
+    """The config's architecture must be positive ints (and a known skip) that agree with the
+    stored tensors, checked before anything is allocated from them. latent_dim and skip are
+    optional (files written before they existed have Z = X and the identity skip)."""
     keys = {"dim", "hidden", "depth"}
-    if not isinstance(arch, dict) or not keys <= set(arch) <= keys | {"latent_dim"}:
+    if not isinstance(arch, dict) or not keys <= set(arch) <= keys | {"latent_dim", "skip"}:
         raise ValueError(
             f"checkpoint {path} has a damaged config: mapping must be {{dim, hidden, depth[, "
-            f"latent_dim]}}, got {arch!r}"
+            f"latent_dim, skip]}}, got {arch!r}"
         )
     for key, value in arch.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if key == "skip":
+            if value not in SKIPS:
+                raise ValueError(f"checkpoint {path} has a damaged config: skip={value!r}")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"checkpoint {path} has a damaged config: {key}={value!r}")
     inp, out = tensors.get("inp.weight"), tensors.get("out.weight")
+    embed = tensors.get("embed.weight")
+    latent = arch.get("latent_dim", arch["dim"])
+    want_embed = (arch["dim"], latent) if arch.get("skip") == "linear" else None
     blocks = {k.split(".")[1] for k in tensors if k.startswith("blocks.")}
     if (
         inp is None
         or out is None
-        or tuple(inp.shape) != (arch["hidden"], arch.get("latent_dim", arch["dim"]))
+        or tuple(inp.shape) != (arch["hidden"], latent)
+        or (None if embed is None else tuple(embed.shape)) != want_embed
         or tuple(out.shape) != (arch["dim"], arch["hidden"])
         or len(blocks) != arch["depth"]
     ):

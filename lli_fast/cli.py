@@ -118,7 +118,7 @@ def cmd_invert(args) -> int:
     generator = face_dcgan()
     mapping, config = load_mapping(args.checkpoint, expected_dim=100)
     targets = load_images(args.images)
-    lr = args.lr if args.lr is not None else float(config.get("lr", 0.5))
+    lr = args.lr if args.lr is not None else float(config.get("lr", 1.0))
     result = invert(generator, targets, mapping, steps=args.steps, lr=lr, seed=args.seed)
     rows = []
     for i, path in enumerate(args.images):
@@ -171,7 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", nargs="+", help="PNG/JPEG target images (default: LFW train faces)")
     p.add_argument("--seconds", type=_positive_float, default=420.0, help="time budget")
     p.add_argument("--steps", type=int, default=10, help="inner steps K")
-    p.add_argument("--lr", type=_positive_float, default=0.5, help="inner Adam learning rate")
+    p.add_argument(
+        "--lr", type=_positive_float, default=1.0, help="inner Adam learning rate (the demo's)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train)
 

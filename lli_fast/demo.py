@@ -33,8 +33,8 @@ FULL = dict(
 QUICK = dict(
     train_seconds=45.0, sweep_lrs=(0.1, 0.3, 1.0), sweep_steps=30, sweep_faces=8, eval_steps=100
 )
-TRAIN = dict(steps=10, lr=0.5, batch_size=32, fit_batch_size=64, fit_iters=8, theta_lr=3e-3)
-MAPPING = dict(hidden=256, depth=2)
+TRAIN = dict(steps=10, lr=1.0, batch_size=32, fit_batch_size=64, fit_iters=8, theta_lr=3e-3)
+MAPPING = dict(hidden=256, depth=2, skip="linear")
 EVAL_SEED = 1234
 
 

@@ -1,9 +1,9 @@
 """Landscape learning: coordinate descent on the mapping network theta with experience replay.
 
 Each round:
-  collect  theta frozen; K latent steps for a batch of targets from random starts; every z_t
-           (with its target index, step t and loss) goes into the ring replay buffer, written by
-           the fused latent-step op in the same pass that updates z.
+  collect  theta frozen; K latent steps for a batch of targets from random starts; every z_t,
+           t = 0..K (with its target index, step t and loss) goes into the ring replay buffer,
+           z_0..z_{K-1} written by the fused latent-step op in the same pass that updates z.
   fit      z's fixed; `fit_iters` Adam updates of theta on minibatches drawn from the buffer,
            minimising mean L(F(theta(z)), y) against the very target y that z's trajectory ran
            toward.
@@ -45,7 +45,7 @@ class TrainHistory:
 
     round: list[int] = field(default_factory=list)
     collect_loss_start: list[float] = field(default_factory=list)  # mean loss at z_0
-    collect_loss_end: list[float] = field(default_factory=list)  # mean loss at z_{K-1}
+    collect_loss_end: list[float] = field(default_factory=list)  # mean loss at z_K
     fit_loss: list[float] = field(default_factory=list)  # mean theta loss over the round's fits
     seconds: list[float] = field(default_factory=list)  # wall time since train() began
 
@@ -148,7 +148,8 @@ class LandscapeTrainer:
         self.batch_size = _positive_int("batch_size", batch_size)
         self.fit_batch_size = _positive_int("fit_batch_size", fit_batch_size)
         self.fit_iters = _positive_int("fit_iters", fit_iters)
-        capacity = buffer_capacity if buffer_capacity is not None else 50 * batch_size * steps
+        rows_per_phase = batch_size * (steps + 1)  # z_0..z_K of each trajectory
+        capacity = buffer_capacity if buffer_capacity is not None else 50 * rows_per_phase
         capacity = _positive_int("buffer_capacity", capacity)
         if capacity < batch_size:
             raise ValueError(
@@ -184,9 +185,9 @@ class LandscapeTrainer:
             backend=backend,
         )
         # Target pool: one slot per trajectory, reused only after all K of its rows have left the
-        # ring (the ring holds rows of at most ceil(capacity / (B K)) + 1 collect phases).
+        # ring (the ring holds rows of at most ceil(capacity / (B (K + 1))) + 1 collect phases).
         self.use_pool = target_transform is not None or self.prior_fraction > 0
-        phases = -(-capacity // (batch_size * steps)) + 1
+        phases = -(-capacity // rows_per_phase) + 1
         self.pool_size = phases * batch_size if self.use_pool else 0
         self.pool: torch.Tensor | None = None  # allocated at the first collect
         self._pool_head = 0
@@ -270,14 +271,18 @@ class LandscapeTrainer:
         return torch.where(in_pool.view(-1, *[1] * (y_real.dim() - 1)), y_pool, y_real)
 
     def collect(self) -> tuple[float, float]:
-        """One collect phase; returns the mean loss at z_0 and at z_{K-1}, the last z it stores
-        (the step from z_{K-1} to z_K is taken but not scored: that would cost a forward pass)."""
+        """One collect phase; returns the mean loss at z_0 and at z_K (theta frozen).
+
+        Every z_t of the trajectories, t = 0..K, goes into the ring: z_0..z_{K-1} written by the
+        fused latent step as it updates z, and z_K, the point invert() answers with, scored by one
+        more forward pass (without it theta would never be fitted where the answer is read).
+        """
         n = self.batch_size
         index, y = self._draw_targets(n)
         seed = int(torch.randint(2**31 - 1, (1,), generator=self.gen))
         z = make_init(self.init, n, self.mapping.latent_dim, seed, y)
         opt = LatentOptimizer(z, backend=self.backend, **self.opt_kwargs)
-        first = last = None
+        first = None
         with torch.enable_grad():
             for t in range(self.steps):
                 zg = z.detach().requires_grad_(True)
@@ -288,7 +293,9 @@ class LandscapeTrainer:
                 opt.step(z, grad, rows, ring_z=self.buffer.z, ring_slots=slots)
                 self.buffer.push(None, index, t, rows)
                 first = rows if first is None else first
-                last = rows
+        with torch.no_grad():
+            last = checked_row_loss(self.loss_fn, self.forward_model(self.mapping(z)), y)
+        self.buffer.push(z, index, self.steps, last)
         return float(first.mean()), float(last.mean())
 
     def fit(self) -> float:
@@ -345,7 +352,7 @@ class LandscapeTrainer:
                 h.fit_loss.append(fit_loss)
                 h.seconds.append(time.perf_counter() - start)
                 bar.update(1)
-                bar.set_postfix(loss_last=f"{loss_k:.4f}", fit=f"{fit_loss:.4f}")
+                bar.set_postfix(loss_K=f"{loss_k:.4f}", fit=f"{fit_loss:.4f}")
         finally:
             bar.close()
             self.mapping.train(was_training)

@@ -25,7 +25,13 @@ def test_round_trip(tmp_path):
     save_mapping(path, theta, {"lr": 0.2, "steps": 10})
     loaded, config = load_mapping(path, expected_dim=12)
     assert config == {"lr": 0.2, "steps": 10}
-    assert loaded.config() == {"dim": 12, "hidden": 20, "depth": 2, "latent_dim": 12}
+    assert loaded.config() == {
+        "dim": 12,
+        "hidden": 20,
+        "depth": 2,
+        "latent_dim": 12,
+        "skip": "identity",
+    }
     assert not loaded.training
     z = torch.randn(4, 12)
     torch.testing.assert_close(loaded(z), theta(z), rtol=0, atol=0)
@@ -109,6 +115,49 @@ def test_config_that_disagrees_with_tensors_is_rejected_before_allocating(tmp_pa
             load_mapping(path)
     with pytest.raises(ValueError, match="is a directory"):
         load_mapping(tmp_path)
+
+
+def _rewrite_config(path, edit) -> None:
+    """Rewrite the JSON config of a saved checkpoint in place through `edit(meta)`."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), "pt") as fh:
+        meta = json.loads(fh.metadata()["lli_fast_config"])
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open API)
+    edit(meta)
+    save_file(tensors, str(path), metadata={"lli_fast_config": json.dumps(meta)})
+
+
+def test_round_trip_with_a_learned_skip(tmp_path):
+    theta = MappingNetwork(12, hidden=20, depth=1, latent_dim=30, skip="linear")
+    with torch.no_grad():
+        for p in theta.parameters():
+            p.normal_()
+    path = tmp_path / "skip.safetensors"
+    save_mapping(path, theta)
+    loaded, _ = load_mapping(path, expected_dim=12)
+    assert loaded.skip == "linear" and loaded.embed.weight.shape == (12, 30)
+    z = torch.randn(3, 30)
+    torch.testing.assert_close(loaded(z), theta(z), rtol=0, atol=0)
+    # a config that says "identity" for a file holding a learned embedding is refused
+    _rewrite_config(path, lambda meta: meta["mapping"].update(skip="identity"))
+    with pytest.raises(ValueError, match="do not fit MappingNetwork"):
+        load_mapping(path)
+    _rewrite_config(path, lambda meta: meta["mapping"].update(skip="conv"))
+    with pytest.raises(ValueError, match="damaged config: skip='conv'"):
+        load_mapping(path)
+    # and a "linear" config without the embedding tensor too
+    plain = tmp_path / "plain.safetensors"
+    save_mapping(plain, trained_mapping(12))
+    _rewrite_config(plain, lambda meta: meta["mapping"].update(skip="linear"))
+    with pytest.raises(ValueError, match="do not fit MappingNetwork"):
+        load_mapping(plain)
+    # files written before skip existed load with the identity skip
+    _rewrite_config(plain, lambda meta: meta["mapping"].pop("skip"))
+    assert load_mapping(plain)[0].skip == "identity"
 
 
 def test_round_trip_with_a_wider_latent_and_old_configs(tmp_path):

@@ -62,6 +62,24 @@ def test_identity_mapping_equals_plain_obi(problem):
     torch.testing.assert_close(a.loss_curve, b.loss_curve, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("latent_dim", [5, 8, 13])
+def test_linear_skip_starts_as_the_fixed_embedding_and_is_learned(problem, latent_dim):
+    gen, _, y = problem
+    fixed = MappingNetwork(8, hidden=16, depth=1, latent_dim=latent_dim)
+    learned = MappingNetwork(8, hidden=16, depth=1, latent_dim=latent_dim, skip="linear")
+    learned.load_state_dict(fixed.state_dict(), strict=False)  # same head weights
+    z = torch.randn(6, latent_dim)
+    torch.testing.assert_close(learned(z), fixed(z), rtol=0, atol=0)
+    # the embedding is a parameter: a gradient reaches it and changing it changes theta(z)
+    ((gen(learned(z)) - y[:1]) ** 2).mean().backward()
+    assert learned.embed.weight.grad is not None and learned.embed.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        learned.embed.weight.mul_(0.5)
+    assert not torch.allclose(learned(z), fixed(z))
+    with pytest.raises(ValueError, match="skip must be one of"):
+        MappingNetwork(8, skip="conv")
+
+
 def test_sgd_matches_torch_optim_sgd(problem):
     gen, _, y = problem
     z0 = torch.randn(5, 8, generator=torch.Generator().manual_seed(4))

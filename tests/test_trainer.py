@@ -50,8 +50,8 @@ def test_training_lowers_held_out_k_step_loss(setup):
     after = k_step_loss(gen, test_y, theta.eval())
     assert len(history.round) == 25 and trainer.rounds_done == 25
     assert after < 0.3 * before, (before, after)  # measured about 0.08-0.09 over seeds
-    # every collect phase pushed K rows per trajectory into the ring (capacity not yet reached)
-    assert len(trainer.buffer) == min(25 * 16 * 5, trainer.buffer.capacity)
+    # every collect phase pushed K + 1 rows per trajectory into the ring (z_0..z_K)
+    assert len(trainer.buffer) == min(25 * 16 * 6, trainer.buffer.capacity)
     first, last = history.fit_loss[:5], history.fit_loss[-5:]
     assert sum(last) < sum(first)
 
@@ -68,20 +68,26 @@ def test_ring_holds_the_trajectories(setup):
         batch_size=4,
         fit_iters=1,
         seed=0,
-        buffer_capacity=12,
+        buffer_capacity=16,
     )
     torch.manual_seed(123)
-    trainer.collect()
+    start, end = trainer.collect()
     buf = trainer.buffer
     z, idx, step, loss = (t.clone() for t in (buf.z, buf.target_index, buf.step, buf.loss))
-    assert step.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert step.tolist() == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4  # z_0 .. z_K, K = 3
+    assert start == pytest.approx(float(loss[:4].mean())) and end == pytest.approx(
+        float(loss[12:].mean())
+    )
     # row t of each trajectory is z_t, with the loss of theta(z_t) against its own target
     y = train_y[idx]
     with torch.no_grad():
         rows = ((gen(theta(z)) - y) ** 2).flatten(1).mean(1)
     torch.testing.assert_close(loss, rows, rtol=1e-5, atol=1e-7)
-    assert torch.equal(idx[:4], idx[4:8]) and torch.equal(idx[:4], idx[8:])
-    assert not torch.equal(z[:4], z[4:8])
+    assert all(torch.equal(idx[:4], idx[i : i + 4]) for i in (4, 8, 12))
+    assert not torch.equal(z[:4], z[4:8]) and not torch.equal(z[8:12], z[12:])
+    # z_K is the point invert() answers with: K steps from the same start land on it
+    same = invert(gen, train_y[idx[:4]], theta, steps=3, lr=0.05, init=z[:4].clone())
+    torch.testing.assert_close(same.z, z[12:], rtol=1e-5, atol=1e-6)
 
 
 def test_trainer_never_touches_forward_model(setup):
@@ -181,7 +187,7 @@ def test_augmented_targets_stay_paired_with_their_trajectories(setup):
         trainer.collect()
     idx = _rows_match_their_targets(trainer)
     assert bool((idx >= len(train_y)).all())  # augmented targets live in the pool
-    assert trainer.pool_size == (-(-30 // 12) + 1) * 4
+    assert trainer.pool_size == (-(-30 // 16) + 1) * 4  # 16 rows per phase: 4 x (K + 1)
     trainer.fit()  # fits against the pool without error
 
 
@@ -205,7 +211,7 @@ def test_prior_targets_alone_and_mixed(setup):
         mixed.collect()
     idx = _rows_match_their_targets(mixed)
     from_pool = idx >= len(train_y)
-    assert int(from_pool.sum()) == 3 * 2 * 4  # 3 of 10 trajectories per phase, K = 2 rows each
+    assert int(from_pool.sum()) == 3 * 3 * 4  # 3 of 10 trajectories per phase, K + 1 = 3 rows each
     with torch.no_grad():
         want = gen(torch.full((1, 8), 0.5))
     got = mixed.target(idx[from_pool])

@@ -47,9 +47,9 @@ class LandscapeConfig:
     eps_v: float = 0.3
     lr: float = 0.3  # inner step on z; Adam's first step moves each coordinate by ~lr
     optimizer: str = "adam"
-    # LandscapeTrainer stores z_0 .. z_{K-1} of each trajectory (pre-update rows), so K = 2 puts
-    # z_1, the point a one-step purifier decodes, into the replay buffer next to z_0.
-    train_steps: int = 2
+    # LandscapeTrainer stores z_0 .. z_K of each trajectory, so K = 1 puts z_1, the point a
+    # one-step purifier decodes, into the replay buffer next to z_0.
+    train_steps: int = 1
     hidden: int = 256
     depth: int = 1
     n_views: int = 2
