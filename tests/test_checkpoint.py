@@ -11,8 +11,8 @@ from lli_fast.checkpoint import atomic_write, load_mapping, save_mapping
 from lli_fast.mapping import MappingNetwork
 
 
-def trained_mapping(dim=12):
-    theta = MappingNetwork(dim, hidden=20, depth=2)
+def trained_mapping(dim=12, depth=2, **kwargs):
+    theta = MappingNetwork(dim, hidden=20, depth=depth, **kwargs)
     with torch.no_grad():
         for p in theta.parameters():
             p.normal_()
@@ -132,10 +132,7 @@ def _rewrite_config(path, edit) -> None:
 
 
 def test_round_trip_with_a_learned_skip(tmp_path):
-    theta = MappingNetwork(12, hidden=20, depth=1, latent_dim=30, skip="linear")
-    with torch.no_grad():
-        for p in theta.parameters():
-            p.normal_()
+    theta = trained_mapping(12, depth=1, latent_dim=30, skip="linear")
     path = tmp_path / "skip.safetensors"
     save_mapping(path, theta)
     loaded, _ = load_mapping(path, expected_dim=12)
@@ -161,10 +158,7 @@ def test_round_trip_with_a_learned_skip(tmp_path):
 
 
 def test_round_trip_with_a_wider_latent_and_old_configs(tmp_path):
-    theta = MappingNetwork(12, hidden=20, depth=1, latent_dim=30)
-    with torch.no_grad():
-        for p in theta.parameters():
-            p.normal_()
+    theta = trained_mapping(12, depth=1, latent_dim=30)
     path = tmp_path / "wide.safetensors"
     save_mapping(path, theta)
     loaded, _ = load_mapping(path, expected_dim=12)
@@ -172,21 +166,11 @@ def test_round_trip_with_a_wider_latent_and_old_configs(tmp_path):
     z = torch.randn(3, 30)
     torch.testing.assert_close(loaded(z), theta(z), rtol=0, atol=0)
     # A file written before latent_dim existed (config without it) still loads, with Z = X.
-    import json
-
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
     square = tmp_path / "old.safetensors"
     save_mapping(square, trained_mapping(12))
-    with safe_open(str(square), "pt") as fh:
-        meta = json.loads(fh.metadata()["lli_fast_config"])
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open API)
-    del meta["mapping"]["latent_dim"]
-    save_file(tensors, str(square), metadata={"lli_fast_config": json.dumps(meta)})
+    _rewrite_config(square, lambda meta: meta["mapping"].pop("latent_dim"))
     assert load_mapping(square)[0].latent_dim == 12
     # A config whose latent_dim disagrees with the stored tensors is refused before loading.
-    meta["mapping"]["latent_dim"] = 31
-    save_file(tensors, str(square), metadata={"lli_fast_config": json.dumps(meta)})
+    _rewrite_config(square, lambda meta: meta["mapping"].update(latent_dim=31))
     with pytest.raises(ValueError, match="do not fit MappingNetwork"):
         load_mapping(square)
