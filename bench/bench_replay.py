@@ -5,6 +5,9 @@ Providers, side by side in one run (one pytest-benchmark group per latent size D
   lli_fast-reference   RingReplayBuffer on the plain-PyTorch reference ops
   torch-index_copy     the hand-written loop: index_copy_ per column, randint + index_select
   torchrl              torchrl.data.ReplayBuffer(LazyTensorStorage) with a TensorDict per batch
+  memory-floor         not a buffer: copy_ of the 256 z rows + index_select of 256 z rows, the
+                       bytes any buffer must move (torchrl / memory-floor bounds the possible
+                       speed-up over torchrl on this machine)
 GPU variants of each (marker `gpu`) run only where a GPU is present: `-m gpu` selects them.
 
     python -m pytest bench/bench_replay.py --benchmark-only -q
@@ -107,6 +110,27 @@ def index_copy_step(dim: int, device: str):
     return step_fn
 
 
+def memory_floor_step(dim: int, device: str):
+    """Not a buffer: the bytes any buffer must move, with nothing else. One contiguous copy_ of
+    the 256 pushed z rows into a (capacity, D) tensor (no wrap-around, no index, step or loss
+    columns) and one index_select of 256 random z rows from it. A provider cannot be faster than
+    this by more than the machine's copy kernels can be beaten; torchrl's time over this one's
+    bounds the speed-up any ring buffer can show against torchrl here."""
+    ring = torch.randn(CAPACITY, dim, device=device)
+    z = _batch(dim, device)[0]
+    gen = torch.Generator(device=device).manual_seed(0)
+    state = {"head": 0}
+
+    def step_fn():
+        head = state["head"]
+        state["head"] = (head + BATCH) % (CAPACITY - BATCH)
+        ring[head : head + BATCH].copy_(z)
+        rows = torch.randint(CAPACITY, (BATCH,), generator=gen, device=device)
+        return (ring.index_select(0, rows),)
+
+    return step_fn
+
+
 def torchrl_step(dim: int, device: str):
     from tensordict import TensorDict
     from torchrl.data import LazyTensorStorage, ReplayBuffer
@@ -139,13 +163,20 @@ def _param(provider: str, device: str):
     return pytest.param(provider, device, marks=marks, id=name)
 
 
-CPU_PROVIDERS = ("lli_fast-cpp", "lli_fast-reference", "torch-index_copy", "torchrl")
+CPU_PROVIDERS = (
+    "lli_fast-cpp",
+    "lli_fast-reference",
+    "torch-index_copy",
+    "torchrl",
+    "memory-floor",
+)
 GPU_PROVIDERS = (
     "lli_fast-cuda",
     "lli_fast-triton",
     "lli_fast-reference",
     "torch-index_copy",
     "torchrl",
+    "memory-floor",
 )
 PROVIDERS = [_param(p, "cpu") for p in CPU_PROVIDERS] + [_param(p, "cuda") for p in GPU_PROVIDERS]
 
@@ -155,6 +186,8 @@ def _make(provider: str, dim: int, device: str):
         return lli_fast_step(provider.removeprefix("lli_fast-"), dim, device)
     if provider == "torch-index_copy":
         return index_copy_step(dim, device)
+    if provider == "memory-floor":
+        return memory_floor_step(dim, device)
     return torchrl_step(dim, device)
 
 

@@ -86,7 +86,7 @@ def cmd_demo(args) -> int:
 def cmd_train(args) -> int:
     from lli_fast.checkpoint import save_mapping
     from lli_fast.data import lfw_faces
-    from lli_fast.demo import MAPPING, TRAIN, random_flip
+    from lli_fast.demo import MAPPING, TRAIN, random_flip, train_autocast
     from lli_fast.mapping import MappingNetwork
     from lli_fast.models import face_dcgan
     from lli_fast.trainer import LandscapeTrainer
@@ -95,9 +95,17 @@ def cmd_train(args) -> int:
     generator = face_dcgan()
     targets = load_images(args.images) if args.images else lfw_faces().train
     mapping = MappingNetwork(100, **MAPPING)
-    train = dict(TRAIN, steps=args.steps, lr=args.lr)
+    train = dict(TRAIN, steps=args.steps)
+    if args.lr is not None:
+        train["lr"] = args.lr
     trainer = LandscapeTrainer(
-        generator, mapping, targets, target_transform=random_flip, seed=args.seed, **train
+        generator,
+        mapping,
+        targets,
+        target_transform=random_flip,
+        seed=args.seed,
+        autocast=train_autocast(),
+        **train,
     )
     trainer.train(time_budget_s=args.seconds)
     save_mapping(args.out, mapping, {"forward_model": "face_dcgan", **train})
@@ -109,7 +117,7 @@ def cmd_invert(args) -> int:
     import json
 
     from lli_fast.checkpoint import load_mapping
-    from lli_fast.demo import write_json
+    from lli_fast.demo import inner_settings, write_json
     from lli_fast.invert import invert
     from lli_fast.models import face_dcgan
     from lli_fast.report import image_grid
@@ -118,8 +126,10 @@ def cmd_invert(args) -> int:
     generator = face_dcgan()
     mapping, config = load_mapping(args.checkpoint, expected_dim=100)
     targets = load_images(args.images)
-    lr = args.lr if args.lr is not None else float(config.get("lr", 1.0))
-    result = invert(generator, targets, mapping, steps=args.steps, lr=lr, seed=args.seed)
+    inner = inner_settings(config)  # the inner loop the checkpoint was trained with
+    if args.lr is not None:
+        inner["lr"] = args.lr
+    result = invert(generator, targets, mapping, steps=args.steps, seed=args.seed, **inner)
     rows = []
     for i, path in enumerate(args.images):
         stem = os.path.splitext(os.path.basename(path))[0]
@@ -129,7 +139,8 @@ def cmd_invert(args) -> int:
         print(f"{path}: mse {float(result.loss[i]):.5f} -> {out_png}")
     image_grid(os.path.join(args.out, "grid.png"), {"target": targets, "recon": result.output}, 64)
     write_json(
-        os.path.join(args.out, "losses.json"), {"steps": args.steps, "lr": lr, "images": rows}
+        os.path.join(args.out, "losses.json"),
+        {"steps": args.steps, **inner, "images": rows},
     )
     print(json.dumps({"mean_mse": float(result.loss.mean())}))
     return 0
@@ -172,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=_positive_float, default=420.0, help="time budget")
     p.add_argument("--steps", type=int, default=10, help="inner steps K")
     p.add_argument(
-        "--lr", type=_positive_float, default=1.0, help="inner Adam learning rate (the demo's)"
+        "--lr",
+        type=_positive_float,
+        help="inner SGD learning rate (default: the demo's)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train)

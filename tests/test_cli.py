@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from lli_fast.cli import main
+from lli_fast.demo import TRAIN, inner_settings
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +36,8 @@ def test_demo_writes_results_plots_and_checkpoint(demo_run):
         t = reach["learned_steps"]
         assert learned[t] <= base[50] and (t == 0 or learned[t - 1] > base[50])
     assert len(results["train_history"]["round"]) >= 1
+    assert results["settings"]["train"]["optimizer"] == "sgd"
+    assert results["settings"]["train_precision"] in ("float32", "bfloat16 autocast")
     for name in ("loss_vs_step.png", "faces_grid.png"):
         with Image.open(demo_run / name) as img:
             assert img.size[0] > 100 and img.size[1] > 100
@@ -66,6 +69,12 @@ def test_invert_user_images(demo_run, tmp_path):
     )
     assert code == 0
     losses = json.loads((out / "losses.json").read_text())
+    # the inner loop the checkpoint was trained with, read from its config
+    assert (losses["optimizer"], losses["lr"], losses["momentum"]) == (
+        TRAIN["optimizer"],
+        TRAIN["lr"],
+        TRAIN["momentum"],
+    )
     assert [r["image"] for r in losses["images"]] == paths
     assert all(0 < r["mse"] < 1.0 for r in losses["images"])
     assert (out / "grid.png").exists()
@@ -110,3 +119,13 @@ def test_train_checks_its_output_before_training(tmp_path, capsys):
     assert "is a directory" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--seconds", "inf"])
+
+
+def test_inner_settings_of_old_and_new_checkpoints():
+    # checkpoints written before the inner optimizer was recorded were trained with Adam
+    assert inner_settings({"lr": 1.0, "steps": 10}) == {
+        "optimizer": "adam",
+        "lr": 1.0,
+        "momentum": 0.0,
+    }
+    assert inner_settings(dict(TRAIN)) == {k: TRAIN[k] for k in ("optimizer", "lr", "momentum")}

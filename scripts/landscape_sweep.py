@@ -1,0 +1,88 @@
+"""Train theta for the face DCGAN with one setting and print the held-out few-step loss as it goes.
+
+The scratch harness behind the variant tables in bench/RESULTS.md section 1: the demo's data,
+split, flips and evaluation starts (seed 1234), one setting per run, single-threaded so that two
+runs can share the 2-core machine. Settings are a JSON object overriding DEFAULTS, e.g.
+
+    python scripts/landscape_sweep.py '{"name": "sgd300m5", "optimizer": "sgd", "lr": 300,
+        "momentum": 0.5}'
+
+prints `rounds, seconds, loss at 5 / 10 / 20 steps` after each quarter of the budget and writes
+the same rows to /tmp/landscape_sweep_<name>.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import torch
+
+from lli_fast.data import lfw_faces
+from lli_fast.demo import EVAL_SEED, MAPPING, random_flip
+from lli_fast.invert import invert
+from lli_fast.mapping import MappingNetwork
+from lli_fast.models import face_dcgan
+from lli_fast.trainer import LandscapeTrainer
+
+DEFAULTS = dict(
+    name="run",
+    seconds=240.0,
+    threads=1,
+    evals=4,
+    steps=10,
+    optimizer="adam",
+    lr=1.0,
+    momentum=0.0,
+    batch_size=32,
+    fit_batch_size=64,
+    fit_iters=8,
+    theta_lr=3e-3,
+    bf16=True,
+    **MAPPING,
+)
+
+
+def main(argv: list[str]) -> None:
+    cfg = dict(DEFAULTS)
+    cfg.update(json.loads(argv[0]) if argv else {})
+    torch.set_num_threads(cfg["threads"])
+    torch.manual_seed(0)
+    generator = face_dcgan()
+    faces = lfw_faces(size=64)
+    mapping = MappingNetwork(100, hidden=cfg["hidden"], depth=cfg["depth"], skip=cfg["skip"])
+    inner = {k: cfg[k] for k in ("optimizer", "lr", "momentum")}
+    trainer = LandscapeTrainer(
+        generator,
+        mapping,
+        faces.train,
+        target_transform=random_flip,
+        seed=0,
+        steps=cfg["steps"],
+        batch_size=cfg["batch_size"],
+        fit_batch_size=cfg["fit_batch_size"],
+        fit_iters=cfg["fit_iters"],
+        theta_lr=cfg["theta_lr"],
+        autocast=torch.bfloat16 if cfg["bf16"] else None,
+        **inner,
+    )
+    y = faces.heldout
+    z0 = torch.randn(len(y), 100, generator=torch.Generator().manual_seed(EVAL_SEED))
+    start, rows = time.perf_counter(), []
+    for _ in range(cfg["evals"]):
+        trainer.train(time_budget_s=cfg["seconds"] / cfg["evals"], progress=False)
+        mapping.eval()
+        curve = invert(generator, y, mapping, steps=20, init=z0, **inner).loss_curve.mean(1)
+        mapping.train()
+        row = [trainer.rounds_done, round(time.perf_counter() - start)]
+        row += [round(float(curve[k]), 4) for k in (5, 10, 20)]
+        rows.append(row)
+        rounds, seconds, at5, at10, at20 = row
+        print(f"{cfg['name']} rounds {rounds}  {seconds} s  loss@5 {at5}  @10 {at10}  @20 {at20}")
+    with open(f"/tmp/landscape_sweep_{cfg['name']}.json", "w") as fh:
+        json.dump({"settings": cfg, "rows": rows}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
