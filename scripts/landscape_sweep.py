@@ -4,8 +4,10 @@ The scratch harness behind the variant tables in bench/RESULTS.md section 1: the
 split, flips and evaluation starts (seed 1234), one setting per run, single-threaded so that two
 runs can share the 2-core machine. Settings are a JSON object overriding DEFAULTS, e.g.
 
-    python scripts/landscape_sweep.py '{"name": "sgd300m5", "optimizer": "sgd", "lr": 300,
-        "momentum": 0.5}'
+    python scripts/landscape_sweep.py '{"name": "adam1", "optimizer": "adam", "lr": 1.0,
+        "momentum": 0}'
+
+(the defaults are the demo's TRAIN and MAPPING settings, bfloat16 autocast, 240 s, 1 thread)
 
 prints `rounds, seconds, loss at 5 / 10 / 20 steps` after each quarter of the budget and writes
 the same rows to /tmp/landscape_sweep_<name>.json.
@@ -20,7 +22,7 @@ import time
 import torch
 
 from lli_fast.data import lfw_faces
-from lli_fast.demo import EVAL_SEED, MAPPING, random_flip
+from lli_fast.demo import EVAL_SEED, MAPPING, TRAIN, random_flip
 from lli_fast.invert import invert
 from lli_fast.mapping import MappingNetwork
 from lli_fast.models import face_dcgan
@@ -31,15 +33,8 @@ DEFAULTS = dict(
     seconds=240.0,
     threads=1,
     evals=4,
-    steps=10,
-    optimizer="adam",
-    lr=1.0,
-    momentum=0.0,
-    batch_size=32,
-    fit_batch_size=64,
-    fit_iters=8,
-    theta_lr=3e-3,
     bf16=True,
+    **TRAIN,  # the demo's settings unless overridden
     **MAPPING,
 )
 

@@ -30,22 +30,19 @@ def k_step_loss(gen, y, theta, k=5, lr=0.05):
     return float(invert(gen, y, theta, steps=k, lr=lr, seed=11).loss.mean())
 
 
+def tiny_trainer(gen, theta, train_y, **kwargs):
+    """The trainer settings that lower the tiny generator's 5-step loss in 25 rounds."""
+    settings = dict(
+        steps=5, lr=0.05, batch_size=16, fit_batch_size=64, fit_iters=10, theta_lr=3e-3, seed=0
+    )
+    return LandscapeTrainer(gen, theta, train_y, **{**settings, **kwargs})
+
+
 def test_training_lowers_held_out_k_step_loss(setup):
     gen, train_y, test_y = setup
     theta = MappingNetwork(8, hidden=64, depth=2)
     before = k_step_loss(gen, test_y, theta)  # theta starts as the identity: plain OBI
-    trainer = LandscapeTrainer(
-        gen,
-        theta,
-        train_y,
-        steps=5,
-        lr=0.05,
-        batch_size=16,
-        fit_batch_size=64,
-        fit_iters=10,
-        theta_lr=3e-3,
-        seed=0,
-    )
+    trainer = tiny_trainer(gen, theta, train_y)
     history = trainer.train(rounds=25, progress=False)
     after = k_step_loss(gen, test_y, theta.eval())
     assert len(history.round) == 25 and trainer.rounds_done == 25
@@ -62,17 +59,7 @@ def test_bfloat16_autocast_trains_in_low_precision_and_stores_float32(setup):
     before = k_step_loss(gen, test_y, theta)
     seen = []
     hook = gen.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
-    trainer = LandscapeTrainer(
-        gen,
-        theta,
-        train_y,
-        steps=5,
-        lr=0.05,
-        batch_size=16,
-        fit_iters=10,
-        theta_lr=3e-3,
-        autocast=torch.bfloat16,
-    )
+    trainer = tiny_trainer(gen, theta, train_y, autocast=torch.bfloat16)
     trainer.train(rounds=25, progress=False)
     hook.remove()
     after = k_step_loss(gen, test_y, theta.eval())  # evaluated in float32
