@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import numbers
 import os
 import sys
 import warnings
@@ -68,7 +69,18 @@ def _advise_huge_pages(t: torch.Tensor) -> None:
 
 
 def _resolve_device(device: torch.device | str) -> torch.device:
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"lli_fast: device must be a torch.device or a device string such as 'cpu' or "
+            f"'cuda:0', got {device!r}"
+        ) from exc
+    if device.type == "meta":
+        raise ValueError(
+            "lli_fast: device 'meta' holds no data; a RingReplayBuffer needs a real device "
+            "(cpu, cuda, ...)"
+        )
     if device.type == "cuda" and device.index is None:
         # Tensors report cuda:N; pin the index so device checks compare like with like.
         device = torch.device("cuda", torch.cuda.current_device())
@@ -185,10 +197,11 @@ class RingReplayBuffer:
                     f"got {tuple(value.shape)}"
                 )
             return value
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise TypeError(
                 f"lli_fast: {name} must be an int or a tensor, got {type(value).__name__}"
             )
+        value = int(value)  # numpy integers too
         # A fill kernel with the value as its argument: no host-to-device copy, graph-capturable.
         return torch.full((batch,), value, dtype=torch.int64, device=self._device)
 

@@ -263,12 +263,26 @@ def test_sync_len_follows_a_cursor_advanced_outside_python():
         ({"dtype": torch.int64}, TypeError, "dtype must be one of"),
         ({"seed": 1, "generator": torch.Generator()}, ValueError, "either generator or seed"),
         ({"backend": "fortran"}, ValueError, "backend must be 'auto' or one of"),
+        ({"device": "tpu"}, ValueError, "device must be a torch.device or a device string"),
+        ({"device": 3.5}, ValueError, "device must be a torch.device or a device string"),
+        ({"device": "meta"}, ValueError, "device 'meta' holds no data"),
     ],
 )
 def test_constructor_errors(kwargs, exc, match):
     args = {"capacity": 4, "latent_dim": 3, **kwargs}
     with pytest.raises(exc, match=match):
         RingReplayBuffer(args.pop("capacity"), args.pop("latent_dim"), **args)
+
+
+def test_numpy_integers_are_accepted_as_scalar_columns():
+    import numpy as np
+
+    buf = RingReplayBuffer(4, 3, seed=0)
+    buf.push(torch.ones(2, 3), np.int64(7), np.int32(2), torch.ones(2))
+    batch = buf.sample(5)
+    assert batch.target_index.tolist() == [7] * 5 and batch.step.tolist() == [2] * 5
+    with pytest.raises(TypeError, match="target_index must be an int or a tensor"):
+        buf.push(torch.ones(2, 3), np.float64(7.0), 0, torch.ones(2))
 
 
 def test_sampling_errors_name_the_buffer_state():
