@@ -346,7 +346,12 @@ class LandscapeTrainer:
         time_budget_s: float | None = None,
         progress: bool = True,
     ) -> TrainHistory:
-        """Run collect + fit rounds until `rounds` are done or `time_budget_s` has passed."""
+        """Run collect + fit rounds until `rounds` are done or `time_budget_s` would be passed.
+
+        With a time budget, a round starts only if one more round as long as the last one still
+        ends within the budget (the first round always runs), so the budget is not overshot by
+        a whole round; the progress bar shows the seconds left.
+        """
         if rounds is None and time_budget_s is None:
             raise ValueError("train needs rounds or time_budget_s (or both)")
         if rounds is not None:
@@ -360,10 +365,14 @@ class LandscapeTrainer:
         start = time.perf_counter()
         bar = tqdm(total=rounds, disable=not progress, desc="landscape learning", unit="round")
         done = 0
+        last_round_s = 0.0  # a round is started only if one more like the last fits the budget
         try:
             while (rounds is None or done < rounds) and (
-                time_budget_s is None or time.perf_counter() - start < time_budget_s
+                time_budget_s is None
+                or done == 0
+                or time.perf_counter() - start + last_round_s <= time_budget_s
             ):
+                round_start = time.perf_counter()
                 loss0, loss_k = self.collect()
                 fit_loss = self.fit()
                 done += 1
@@ -374,8 +383,13 @@ class LandscapeTrainer:
                 h.collect_loss_end.append(loss_k)
                 h.fit_loss.append(fit_loss)
                 h.seconds.append(time.perf_counter() - start)
+                last_round_s = time.perf_counter() - round_start
                 bar.update(1)
-                bar.set_postfix(loss_K=f"{loss_k:.4f}", fit=f"{fit_loss:.4f}")
+                postfix = {"loss_K": f"{loss_k:.4f}", "fit": f"{fit_loss:.4f}"}
+                if time_budget_s is not None:
+                    left = max(0.0, time_budget_s - (time.perf_counter() - start))
+                    postfix["left"] = f"{left:.0f}s"
+                bar.set_postfix(postfix)
         finally:
             bar.close()
             self.mapping.train(was_training)

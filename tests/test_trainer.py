@@ -122,6 +122,29 @@ def test_time_budget_stops(setup):
     assert 1 <= len(history.round) and history.seconds[-1] < 5.0
 
 
+def test_time_budget_is_not_overshot_by_a_round(setup, monkeypatch):
+    import lli_fast.trainer as trainer_module
+
+    gen, train_y, _ = setup
+    trainer = LandscapeTrainer(
+        gen, MappingNetwork(8, hidden=16, depth=1), train_y, steps=2, batch_size=4, fit_iters=1
+    )
+    clock = [100.0]  # a fake clock: every collect phase takes exactly 0.3 s
+    monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: clock[0])
+    real_collect = trainer.collect
+
+    def collect():
+        clock[0] += 0.3
+        return real_collect()
+
+    monkeypatch.setattr(trainer, "collect", collect)
+    # rounds end at 0.3, 0.6, 0.9 s; a 4th would end at 1.2 s, past the 1 s budget: not started
+    history = trainer.train(time_budget_s=1.0, progress=False)
+    assert history.seconds == pytest.approx([0.3, 0.6, 0.9])
+    # a budget shorter than one round still runs that one round
+    assert len(trainer.train(time_budget_s=0.1, progress=False).round) == 4
+
+
 @pytest.mark.parametrize(
     "kwargs, exc, words",
     [
