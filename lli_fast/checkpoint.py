@@ -114,6 +114,11 @@ def load_mapping(
             f"checkpoint {path} maps into inputs of size {arch.get('dim')}, but the forward "
             f"model takes {expected_dim}"
         )
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(
+                f"checkpoint {path} is damaged: tensor {name!r} holds NaN or Inf values"
+            )
     mapping = MappingNetwork(**arch)
     try:
         mapping.load_state_dict(tensors)

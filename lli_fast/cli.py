@@ -24,6 +24,13 @@ def _nonneg_int(text: str) -> int:
     return value
 
 
+def _train_steps(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 1000:  # the replay ring holds 50 rounds of K + 1 rows per trajectory
+        raise argparse.ArgumentTypeError(f"must be between 1 and 1000, got {text}")
+    return value
+
+
 def load_images(paths: list[str], size: int = 64):
     """PNG/JPEG files -> (N, 3, size, size) tensor in [-1, 1], the face DCGAN's range."""
     import torch
@@ -116,6 +123,8 @@ def cmd_train(args) -> int:
 def cmd_invert(args) -> int:
     import json
 
+    import torch
+
     from lli_fast.checkpoint import load_mapping
     from lli_fast.demo import inner_settings, write_json
     from lli_fast.invert import invert
@@ -126,23 +135,42 @@ def cmd_invert(args) -> int:
     generator = face_dcgan()
     mapping, config = load_mapping(args.checkpoint, expected_dim=100)
     targets = load_images(args.images)
-    inner = inner_settings(config)  # the inner loop the checkpoint was trained with
-    if args.lr is not None:
-        inner["lr"] = args.lr
+    # the inner loop the checkpoint was trained with (--lr overrides its lr)
+    inner = inner_settings(config, lr=args.lr)
     result = invert(generator, targets, mapping, steps=args.steps, seed=args.seed, **inner)
-    rows = []
+    rows, diverged = [], []
     for i, path in enumerate(args.images):
         stem = os.path.splitext(os.path.basename(path))[0]
         out_png = os.path.join(args.out, f"{i:03d}_{stem}_recon.png")
+        mse = float(result.loss[i])
+        if not math.isfinite(mse):  # JSON has no NaN/Inf: null, and say so
+            diverged.append(path)
+            rows.append({"image": path, "reconstruction": None, "mse": None, "diverged": True})
+            print(f"{path}: diverged (non-finite loss), no reconstruction written")
+            continue
         image_grid(out_png, {"recon": result.output[i : i + 1]})
-        rows.append({"image": path, "reconstruction": out_png, "mse": float(result.loss[i])})
-        print(f"{path}: mse {float(result.loss[i]):.5f} -> {out_png}")
-    image_grid(os.path.join(args.out, "grid.png"), {"target": targets, "recon": result.output}, 64)
+        rows.append({"image": path, "reconstruction": out_png, "mse": mse})
+        print(f"{path}: mse {mse:.5f} -> {out_png}")
+    finite = torch.isfinite(result.loss)
+    if bool(finite.any()):
+        image_grid(
+            os.path.join(args.out, "grid.png"),
+            {"target": targets[finite], "recon": result.output[finite]},
+            64,
+        )
+    mean = float(result.loss[finite].mean()) if bool(finite.any()) else None
     write_json(
         os.path.join(args.out, "losses.json"),
-        {"steps": args.steps, **inner, "images": rows},
+        {"steps": args.steps, **inner, "mean_mse": mean, "images": rows},
     )
-    print(json.dumps({"mean_mse": float(result.loss.mean())}))
+    print(json.dumps({"mean_mse": mean, "diverged": len(diverged)}))
+    if diverged:
+        print(
+            f"lli invert: error: {len(diverged)} of {len(rows)} images diverged (non-finite "
+            f"loss) with {inner['optimizer']} lr {inner['lr']:g}; try a smaller --lr",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -181,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/mapping.safetensors", help="checkpoint path")
     p.add_argument("--images", nargs="+", help="PNG/JPEG target images (default: LFW train faces)")
     p.add_argument("--seconds", type=_positive_float, default=420.0, help="time budget")
-    p.add_argument("--steps", type=int, default=10, help="inner steps K")
+    p.add_argument("--steps", type=_train_steps, default=10, help="inner steps K (1-1000)")
     p.add_argument(
         "--lr",
         type=_positive_float,

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -52,12 +53,24 @@ MAPPING = dict(hidden=256, depth=2, skip="linear")
 EVAL_SEED = 1234
 
 
+def _json_safe(obj):
+    """obj with every NaN/Inf float replaced by None: strict JSON has no NaN (json.dump would
+    write the non-standard token NaN, which other readers reject)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def write_json(path: str, obj) -> None:
-    """Atomically write `obj` as indented JSON."""
+    """Atomically write `obj` as indented, strict JSON (NaN/Inf become null)."""
 
     def write(tmp: str) -> None:
         with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=2)
+            json.dump(_json_safe(obj), fh, indent=2, allow_nan=False)
 
     atomic_write(path, write)
 
@@ -65,18 +78,48 @@ def write_json(path: str, obj) -> None:
 def train_autocast() -> torch.dtype | None:
     """bfloat16 autocast for training where the CPU runs it natively (AVX-512 BF16 / AMX: about
     1.8x the rounds per second here at the same loss per round), else None (float32)."""
-    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return torch.bfloat16
-    return None
+    return torch.bfloat16 if _cpu_has_native_bf16() else None
 
 
-def inner_settings(config: dict) -> dict:
+def _cpu_has_native_bf16() -> bool:
+    """Whether the CPU has bfloat16 dot-product instructions (AVX-512 BF16 or AMX). torch's own
+    mkldnn bf16 check accepts any AVX-512 CPU, where bf16 is emulated and slower than float32."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def inner_settings(config: dict, lr: float | None = None) -> dict:
     """invert() keyword arguments of the inner loop a checkpoint was trained with (checkpoints
-    written before the inner optimizer was recorded used Adam)."""
+    written before the inner optimizer was recorded used Adam); `lr` overrides the config's.
+    A config value of the wrong type raises ValueError naming the key (invert() then checks the
+    values themselves: a known optimizer, lr > 0, momentum in [0, 1))."""
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"checkpoint config must be a JSON object, got {type(config).__name__}: {config!r}"
+        )
+
+    def number(key: str, default: float) -> float:
+        value = config.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"checkpoint config {key!r} must be a number, got {value!r}")
+        return float(value)
+
+    optimizer = config.get("optimizer", "adam")
+    if not isinstance(optimizer, str):
+        raise ValueError(f"checkpoint config 'optimizer' must be a string, got {optimizer!r}")
     return {
-        "optimizer": str(config.get("optimizer", "adam")),
-        "lr": float(config.get("lr", 1.0)),
-        "momentum": float(config.get("momentum", 0.0)),
+        "optimizer": optimizer,
+        "lr": number("lr", 1.0) if lr is None else lr,
+        "momentum": number("momentum", 0.0),
     }
 
 

@@ -7,6 +7,7 @@ import math
 import torch
 
 OPTIMIZERS = ("adam", "sgd")
+_F32 = torch.finfo(torch.float32)
 
 
 def check_lr(lr: float | torch.Tensor, batch: int) -> None:
@@ -21,6 +22,10 @@ def check_lr(lr: float | torch.Tensor, batch: int) -> None:
         return
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if not _F32.tiny <= lr <= _F32.max:  # the state holds lr in float32: it must stay > 0, finite
+        raise ValueError(
+            f"lr must be between {_F32.tiny:.3g} and {_F32.max:.3g} (stored as float32), got {lr!r}"
+        )
 
 
 class LatentOptimizer:

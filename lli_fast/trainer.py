@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -47,6 +48,8 @@ class TrainHistory:
     collect_loss_start: list[float] = field(default_factory=list)  # mean loss at z_0
     collect_loss_end: list[float] = field(default_factory=list)  # mean loss at z_K
     fit_loss: list[float] = field(default_factory=list)  # mean theta loss over the round's fits
+    nonfinite_rows: list[int] = field(default_factory=list)  # replay rows left out (NaN/Inf)
+    skipped_updates: list[int] = field(default_factory=list)  # theta updates not taken (NaN/Inf)
     seconds: list[float] = field(default_factory=list)  # wall time since train() began
 
     def as_dict(self) -> dict[str, list]:
@@ -76,6 +79,12 @@ def _reference_tensor(forward_model: nn.Module, mapping: nn.Module, targets) -> 
 
 
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _finite_mean(rows: torch.Tensor) -> float:
+    """Mean over the finite rows (NaN when none is): frozen, diverged rows do not hide the rest."""
+    ok = torch.isfinite(rows)
+    return float(rows[ok].mean()) if bool(ok.any()) else math.nan
 
 
 def _positive_int(name: str, value) -> int:
@@ -188,6 +197,14 @@ class LandscapeTrainer:
                 f"autocast must be None, torch.bfloat16 or torch.float16, got {autocast!r}"
             )
         self.autocast = autocast
+        for owner, module in (("mapping", mapping), ("forward_model", forward_model)):
+            for t in module.parameters():
+                if t.is_floating_point() and t.dtype != self.dtype:
+                    raise TypeError(
+                        f"{owner}'s parameters are {t.dtype} but training runs in {self.dtype} "
+                        f"(the targets' dtype): call {owner}.to({self.dtype})"
+                    )
+                break
         self.n_targets = 0 if targets is None else len(targets)
         self.gen = torch.Generator(device="cpu").manual_seed(seed)
         self.seed = seed
@@ -210,6 +227,7 @@ class LandscapeTrainer:
         self.theta_opt = torch.optim.Adam(mapping.parameters(), lr=theta_lr)
         self.history = TrainHistory()
         self.rounds_done = 0
+        self._fit_dropped = self._fit_skipped = 0
 
     def _check_output_shape(self) -> None:
         """F(theta(z)) must have the (transformed) targets' shape: a broadcast would silently train
@@ -319,26 +337,45 @@ class LandscapeTrainer:
         with torch.no_grad():
             last = checked_row_loss(self.loss_fn, self._predict(z), y)
         self.buffer.push(z, index, self.steps, last)
-        return float(first.mean()), float(last.mean())
+        return _finite_mean(first), _finite_mean(last)
 
     def fit(self) -> float:
-        """`fit_iters` theta updates on replay minibatches; returns their mean loss."""
+        """`fit_iters` theta updates on replay minibatches; returns their mean loss.
+
+        Replay rows whose trajectory turned non-finite (the latent step froze the row: its loss
+        was NaN/Inf when collected) are left out of the loss, and an update whose loss or
+        gradient is still non-finite is skipped, so one diverging trajectory cannot turn theta's
+        weights into NaN. Both are counted in history.nonfinite_rows / skipped_updates.
+        """
         params = [p for p in self.mapping.parameters() if p.requires_grad]
         total = torch.zeros((), device=self.device)
+        dropped = torch.zeros((), dtype=torch.int64, device=self.device)
+        done = skipped = 0
         for _ in range(self.fit_iters):
-            z, index, _, _ = self.buffer.sample(self.fit_batch_size)
+            z, index, _, stored_loss = self.buffer.sample(self.fit_batch_size)
+            ok = torch.isfinite(stored_loss) & torch.isfinite(z).all(dim=1)
+            z = torch.where(ok.unsqueeze(1), z, torch.zeros((), dtype=z.dtype, device=z.device))
+            weight = ok.to(torch.float32)
+            dropped += (~ok).sum()
             y = self.target(index)
             with torch.enable_grad():
                 rows = checked_row_loss(self.loss_fn, self._predict(z), y)
-                loss = rows.mean()
+                # left-out rows get weight 0 (their z is zeroed, so 0 * a finite loss)
+                loss = (rows.float() * weight).sum() / weight.sum().clamp(min=1.0)
                 # autograd.grad w.r.t. theta only: F's parameters never receive a .grad
                 grads = torch.autograd.grad(loss, params)
+            finite = torch.isfinite(loss) & torch.stack([torch.isfinite(g).all() for g in grads])
+            if not bool(finite.all()):  # one sync per update: never step on NaN/Inf
+                skipped += 1
+                continue
             for p, g in zip(params, grads, strict=True):
                 p.grad = g
             self.theta_opt.step()
             self.theta_opt.zero_grad(set_to_none=True)
             total += loss.detach()
-        return float(total) / self.fit_iters
+            done += 1
+        self._fit_dropped, self._fit_skipped = int(dropped), skipped
+        return float(total) / done if done else math.nan
 
     def train(
         self,
@@ -366,6 +403,7 @@ class LandscapeTrainer:
         bar = tqdm(total=rounds, disable=not progress, desc="landscape learning", unit="round")
         done = 0
         last_round_s = 0.0  # a round is started only if one more like the last fits the budget
+        warned = False
         try:
             while (rounds is None or done < rounds) and (
                 time_budget_s is None
@@ -382,6 +420,17 @@ class LandscapeTrainer:
                 h.collect_loss_start.append(loss0)
                 h.collect_loss_end.append(loss_k)
                 h.fit_loss.append(fit_loss)
+                h.nonfinite_rows.append(self._fit_dropped)
+                h.skipped_updates.append(self._fit_skipped)
+                if self._fit_skipped == self.fit_iters and not warned:
+                    warnings.warn(
+                        f"landscape learning round {self.rounds_done}: every theta update had a "
+                        "non-finite loss or gradient and was skipped; the inner lr may be too "
+                        "large for this forward model",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                    warned = True
                 h.seconds.append(time.perf_counter() - start)
                 last_round_s = time.perf_counter() - round_start
                 bar.update(1)

@@ -41,7 +41,20 @@ DEFAULTS = dict(
 
 def main(argv: list[str]) -> None:
     cfg = dict(DEFAULTS)
-    cfg.update(json.loads(argv[0]) if argv else {})
+    settings = json.loads(argv[0]) if argv else {}
+    if not isinstance(settings, dict):
+        raise SystemExit(f"settings must be a JSON object, got {argv[0]!r}")
+    unknown = sorted(set(settings) - set(DEFAULTS))
+    if unknown:
+        raise SystemExit(f"unknown settings {unknown}; known: {sorted(DEFAULTS)}")
+    for key, value in settings.items():
+        if type(value) is not type(DEFAULTS[key]) and not (
+            isinstance(DEFAULTS[key], float) and type(value) is int
+        ):
+            raise SystemExit(f"{key} must be a {type(DEFAULTS[key]).__name__}, got {value!r}")
+    cfg.update(settings)
+    if not cfg["name"].replace("-", "").replace("_", "").isalnum():
+        raise SystemExit(f"name must be letters, digits, - and _, got {cfg['name']!r}")
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(0)
     generator = face_dcgan()

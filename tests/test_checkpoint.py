@@ -174,3 +174,13 @@ def test_round_trip_with_a_wider_latent_and_old_configs(tmp_path):
     _rewrite_config(square, lambda meta: meta["mapping"].update(latent_dim=31))
     with pytest.raises(ValueError, match="do not fit MappingNetwork"):
         load_mapping(square)
+
+
+def test_nan_weights_are_refused_as_damage(tmp_path):
+    theta = trained_mapping(12)
+    with torch.no_grad():
+        theta.out.bias[3] = float("nan")
+    path = tmp_path / "nan.safetensors"
+    save_mapping(path, theta)
+    with pytest.raises(ValueError, match="damaged: tensor 'out.bias' holds NaN or Inf"):
+        load_mapping(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -129,3 +130,43 @@ def test_inner_settings_of_old_and_new_checkpoints():
         "momentum": 0.0,
     }
     assert inner_settings(dict(TRAIN)) == {k: TRAIN[k] for k in ("optimizer", "lr", "momentum")}
+
+
+def test_inner_settings_reject_bad_configs_and_take_an_lr_override():
+    for config, words in (
+        (None, "config must be a JSON object"),
+        ([1], "config must be a JSON object"),
+        ({"lr": "abc"}, "'lr' must be a number, got 'abc'"),
+        ({"lr": True}, "'lr' must be a number, got True"),
+        ({"momentum": [0.5]}, "'momentum' must be a number"),
+        ({"optimizer": ["sgd"]}, "'optimizer' must be a string"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            inner_settings(config)
+    assert inner_settings({"lr": 300.0, "optimizer": "sgd"}, lr=5.0)["lr"] == 5.0
+
+
+def test_diverged_inversion_fails_and_writes_strict_json(demo_run, tmp_path, capsys):
+    from lli_fast.data import lfw_faces
+
+    face = lfw_faces().heldout[0]
+    arr = ((face.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+    image = tmp_path / "face.png"
+    Image.fromarray(arr).save(image)
+    out = tmp_path / "inv"
+    ckpt = str(demo_run / "mapping.safetensors")
+    args = ["invert", str(image), "--checkpoint", ckpt, "--out", str(out), "--steps", "3"]
+    assert main([*args, "--lr", "1e30"]) == 1  # SGD at lr 1e30 overflows
+    assert "diverged (non-finite loss)" in capsys.readouterr().err
+
+    def no_nan(token):
+        raise AssertionError(f"non-standard JSON token {token}")
+
+    losses = json.loads((out / "losses.json").read_text(), parse_constant=no_nan)
+    assert losses["mean_mse"] is None and losses["images"][0]["mse"] is None
+
+
+def test_train_refuses_absurd_step_counts():
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--steps", "1000000"])
+    assert exc.value.code == 2

@@ -182,6 +182,8 @@ def test_custom_loss_callable(problem):
         (dict(lr=0.0), ValueError, "lr"),
         (dict(lr=-0.1), ValueError, "lr"),
         (dict(lr=float("nan")), ValueError, "lr"),
+        (dict(lr=1e39), ValueError, "lr must be between .* float32"),  # overflows float32
+        (dict(lr=1e-50), ValueError, "lr must be between .* float32"),  # rounds to 0
         (dict(lr=torch.tensor([0.1, -0.1, 0.1, 0.1, 0.1])), ValueError, "lr"),
         (dict(optimizer="lbfgs"), ValueError, "optimizer"),
         (dict(loss="huber"), ValueError, "loss"),

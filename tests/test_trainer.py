@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -299,3 +300,33 @@ def test_prior_of_the_wrong_shape_is_named(setup):
     )  # fmt: skip
     with pytest.raises(ValueError, match=r"prior\(n\) must return a \(2, 8\) tensor, got \(2, 3\)"):
         trainer.collect()
+
+
+def test_diverging_trajectories_do_not_poison_theta():
+    # SGD at lr 300 on a linear model diverges: some rows overflow to Inf/NaN and are frozen by
+    # the latent step; they must stay out of theta's fit (else theta's weights turn NaN).
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 6).requires_grad_(False)
+    theta = MappingNetwork(8, hidden=16, depth=1, skip="linear")
+    trainer = LandscapeTrainer(
+        model,
+        theta,
+        torch.randn(16, 6),
+        steps=10,
+        batch_size=8,
+        fit_iters=4,
+        fit_batch_size=16,
+        optimizer="sgd",
+        lr=300.0,
+        momentum=0.5,
+    )
+    history = trainer.train(rounds=3, progress=False)
+    assert sum(history.nonfinite_rows) > 0  # there were non-finite rows to leave out
+    assert all(bool(torch.isfinite(p).all()) for p in theta.parameters())
+    assert all(math.isfinite(v) for v in history.collect_loss_start)
+
+
+def test_mapping_of_another_dtype_is_named(setup):
+    gen, train_y, _ = setup
+    with pytest.raises(TypeError, match=r"mapping's parameters are torch.float64 .*float32"):
+        LandscapeTrainer(gen, MappingNetwork(8, hidden=8, depth=1).double(), train_y)
