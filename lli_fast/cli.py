@@ -93,10 +93,9 @@ def cmd_demo(args) -> int:
 def cmd_train(args) -> int:
     from lli_fast.checkpoint import save_mapping
     from lli_fast.data import lfw_faces
-    from lli_fast.demo import MAPPING, TRAIN, random_flip, train_autocast
+    from lli_fast.demo import MAPPING, TRAIN, face_trainer
     from lli_fast.mapping import MappingNetwork
     from lli_fast.models import face_dcgan
-    from lli_fast.trainer import LandscapeTrainer
 
     _check_out_file(args.out)
     generator = face_dcgan()
@@ -105,15 +104,7 @@ def cmd_train(args) -> int:
     train = dict(TRAIN, steps=args.steps)
     if args.lr is not None:
         train["lr"] = args.lr
-    trainer = LandscapeTrainer(
-        generator,
-        mapping,
-        targets,
-        target_transform=random_flip,
-        seed=args.seed,
-        autocast=train_autocast(),
-        **train,
-    )
+    trainer = face_trainer(generator, mapping, targets, seed=args.seed, **train)
     trainer.train(time_budget_s=args.seconds)
     save_mapping(args.out, mapping, {"forward_model": "face_dcgan", **train})
     print(f"trained {trainer.rounds_done} rounds on {len(targets)} images; wrote {args.out}")
@@ -152,13 +143,14 @@ def cmd_invert(args) -> int:
         rows.append({"image": path, "reconstruction": out_png, "mse": mse})
         print(f"{path}: mse {mse:.5f} -> {out_png}")
     finite = torch.isfinite(result.loss)
-    if bool(finite.any()):
+    mean = None
+    if len(diverged) < len(rows):
         image_grid(
             os.path.join(args.out, "grid.png"),
             {"target": targets[finite], "recon": result.output[finite]},
             64,
         )
-    mean = float(result.loss[finite].mean()) if bool(finite.any()) else None
+        mean = float(result.loss[finite].mean())
     write_json(
         os.path.join(args.out, "losses.json"),
         {"steps": args.steps, **inner, "mean_mse": mean, "images": rows},

@@ -48,7 +48,6 @@ TRAIN = dict(
     fit_iters=8,
     theta_lr=3e-3,
 )
-INNER = ("optimizer", "lr", "momentum")  # the inner-loop settings invert() repeats at test time
 MAPPING = dict(hidden=256, depth=2, skip="linear")
 EVAL_SEED = 1234
 
@@ -131,6 +130,17 @@ def describe_inner(settings: dict) -> str:
     return text
 
 
+def face_trainer(
+    generator, mapping: MappingNetwork, targets: torch.Tensor, seed: int = 0, **overrides
+) -> LandscapeTrainer:
+    """The demo's LandscapeTrainer (TRAIN settings, `overrides` on top, random flips, bfloat16
+    autocast where the CPU has it), shared by `lli demo`, `lli train` and the sweep script."""
+    settings = {**TRAIN, "autocast": train_autocast(), **overrides}
+    return LandscapeTrainer(
+        generator, mapping, targets, target_transform=random_flip, seed=seed, **settings
+    )
+
+
 def random_flip(y: torch.Tensor) -> torch.Tensor:
     """Mirror half the faces left-right: a label-free augmentation of the 80 training faces."""
     keep = torch.rand(y.shape[0], 1, 1, 1, device=y.device) < 0.5
@@ -173,23 +183,15 @@ def run(out_dir: str = "out/demo", quick: bool = False, seconds: float | None = 
     print(f"baseline lr sweep (loss at {cfg['sweep_steps']} steps): {sweep} -> lr {base_lr}")
 
     mapping = MappingNetwork(100, **MAPPING)
-    autocast = train_autocast()
-    trainer = LandscapeTrainer(
-        generator,
-        mapping,
-        faces.train,
-        target_transform=random_flip,
-        seed=0,
-        autocast=autocast,
-        **TRAIN,
-    )
+    trainer = face_trainer(generator, mapping, faces.train)
+    autocast = trainer.autocast
     t0 = time.perf_counter()
     history = trainer.train(time_budget_s=cfg["train_seconds"])
     train_s = time.perf_counter() - t0
     mapping.eval()
     precision = "float32" if autocast is None else f"{autocast} autocast".replace("torch.", "")
     print(f"trained theta: {trainer.rounds_done} rounds in {train_s:.0f} s ({precision})")
-    inner = {k: TRAIN[k] for k in INNER}
+    inner = inner_settings(TRAIN)  # the inner loop invert() repeats at test time
 
     k = cfg["eval_steps"]
     y = faces.heldout

@@ -22,11 +22,10 @@ import time
 import torch
 
 from lli_fast.data import lfw_faces
-from lli_fast.demo import EVAL_SEED, MAPPING, TRAIN, random_flip
+from lli_fast.demo import EVAL_SEED, MAPPING, TRAIN, face_trainer, inner_settings
 from lli_fast.invert import invert
 from lli_fast.mapping import MappingNetwork
 from lli_fast.models import face_dcgan
-from lli_fast.trainer import LandscapeTrainer
 
 DEFAULTS = dict(
     name="run",
@@ -60,21 +59,10 @@ def main(argv: list[str]) -> None:
     generator = face_dcgan()
     faces = lfw_faces(size=64)
     mapping = MappingNetwork(100, hidden=cfg["hidden"], depth=cfg["depth"], skip=cfg["skip"])
-    inner = {k: cfg[k] for k in ("optimizer", "lr", "momentum")}
-    trainer = LandscapeTrainer(
-        generator,
-        mapping,
-        faces.train,
-        target_transform=random_flip,
-        seed=0,
-        steps=cfg["steps"],
-        batch_size=cfg["batch_size"],
-        fit_batch_size=cfg["fit_batch_size"],
-        fit_iters=cfg["fit_iters"],
-        theta_lr=cfg["theta_lr"],
-        autocast=torch.bfloat16 if cfg["bf16"] else None,
-        **inner,
-    )
+    inner = inner_settings(cfg)
+    train = {k: cfg[k] for k in TRAIN}
+    autocast = torch.bfloat16 if cfg["bf16"] else None
+    trainer = face_trainer(generator, mapping, faces.train, autocast=autocast, **train)
     y = faces.heldout
     z0 = torch.randn(len(y), 100, generator=torch.Generator().manual_seed(EVAL_SEED))
     start, rows = time.perf_counter(), []
